@@ -1,0 +1,313 @@
+"""Turn a directory of runs (a Hydra multirun sweep, or any tree of run dirs) into tables and plots.
+
+Each run directory is recognised by its ``summary.json``.  Its settings are read from
+Hydra's ``.hydra/overrides.yaml`` (what the command line changed) and ``.hydra/hydra.yaml``
+(``runtime.choices``: which config was chosen in each group, e.g. ``dataset@source: usps``).
+
+Outputs (written into the sweep directory unless ``out`` is given):
+
+* ``report.csv`` and ``report.md``: one row per run, the swept settings and the figures;
+* ``report_<metric>_vs_<setting>.png``: each numeric metric against each swept numeric
+  setting (one line per value of the other swept settings);
+* ``table1.md``: for ``nist_to_mnist`` sweeps, the paper's Table 1 layout (rows: before the
+  flow, supervised flow, unsupervised flow; columns: source datasets), with the paper's
+  numbers next to ours.
+
+Only the standard library is needed for the tables; matplotlib is imported for plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Metrics reported when present in summary.json, in this order.
+METRICS = (
+    "accuracy_before",
+    "accuracy_after",
+    "accuracy_pushforward",
+    "accuracy_ideal_matching",
+    "objective_before",
+    "objective_after",
+    "wall_time",
+)
+
+#: Table 1 of Alvarez-Melis & Fusi (2021): MNIST LeNet-5 accuracy (%) on 5K samples.
+PAPER_TABLE1 = {
+    "usps": {"before": 77.1, "supervised": 99.1, "unsupervised": 66.4},
+    "kmnist": {"before": 5.05, "supervised": 99.2, "unsupervised": 59.2},
+    "fashion_mnist": {"before": 8.22, "supervised": 99.1, "unsupervised": 54.9},
+    "emnist": {"before": 3.62, "supervised": 36.7, "unsupervised": 20.7},
+}
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    overrides: dict[str, str] = field(default_factory=dict)
+    choices: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status", "ok"))
+
+
+def _parse_override(line: str) -> tuple[str, str] | None:
+    line = line.strip()
+    if not line or "=" not in line:
+        return None
+    key, value = line.split("=", 1)
+    return key.lstrip("+~"), value
+
+
+def _read_yaml(path: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def load_run(path: Path) -> RunRecord:
+    """Read one run directory (must contain ``summary.json``)."""
+    path = Path(path)
+    summary_file = path / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{summary_file} is not valid JSON: {err}") from err
+    rec = RunRecord(path=path, summary=summary)
+    hydra_dir = path / ".hydra"
+    if (hydra_dir / "overrides.yaml").exists():
+        for item in _read_yaml(hydra_dir / "overrides.yaml") or []:
+            kv = _parse_override(str(item))
+            if kv:
+                rec.overrides[kv[0]] = kv[1]
+    if (hydra_dir / "hydra.yaml").exists():
+        hy = _read_yaml(hydra_dir / "hydra.yaml") or {}
+        choices = ((hy.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+        rec.choices = {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra/")}
+    return rec
+
+
+def find_runs(root: str | Path) -> list[RunRecord]:
+    """All run directories below ``root`` (sorted by path; job numbers sort numerically)."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"dsflow-report: {root} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"dsflow-report: {root} is not a directory")
+
+    def sort_key(p: Path):
+        return [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.relative_to(root).parts]
+
+    paths = sorted({p.parent for p in root.rglob("summary.json")}, key=sort_key)
+    if not paths:
+        raise FileNotFoundError(
+            f"dsflow-report: no run found below {root} (looked for */summary.json). "
+            "Point it at a run or multirun directory written by `dsflow`."
+        )
+    return [load_run(p) for p in paths]
+
+
+def _to_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def swept_keys(runs: list[RunRecord]) -> list[str]:
+    """Override keys whose value differs between runs (the sweep's axes)."""
+    keys: list[str] = []
+    for r in runs:
+        for k in r.overrides:
+            if k not in keys:
+                keys.append(k)
+    return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table_rows(runs: list[RunRecord]) -> tuple[list[str], list[list[Any]]]:
+    axes = swept_keys(runs)
+    metrics = [m for m in METRICS if any(m in r.summary for r in runs)]
+    header = ["run", *axes, "status", *metrics]
+    rows = []
+    for r in runs:
+        rows.append(
+            [r.path.name, *[r.overrides.get(k, "") for k in axes], r.status]
+            + [r.summary.get(m) for m in metrics]
+        )
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_metric_vs_setting(runs: list[RunRecord], metric: str, setting: str, path: Path) -> Path | None:
+    """Line plot of ``metric`` against numeric ``setting``; one line per other-settings combo."""
+    axes = [k for k in swept_keys(runs) if k != setting]
+    groups: dict[tuple, list[tuple[float, float]]] = {}
+    for r in runs:
+        xv = _to_number(r.overrides.get(setting))
+        yv = _to_number(r.summary.get(metric))
+        if xv is None or yv is None or r.status != "ok":
+            continue
+        groups.setdefault(tuple(r.overrides.get(k, "") for k in axes), []).append((xv, yv))
+    if not groups:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for key, pts in sorted(groups.items()):
+        pts.sort()
+        label = ", ".join(f"{a}={v}" for a, v in zip(axes, key)) or None
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    xs = [p[0] for pts in groups.values() for p in pts]
+    if min(xs) > 0 and max(xs) / min(xs) >= 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(setting)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if any(k for k in groups):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def table1(runs: list[RunRecord]) -> str | None:
+    """The paper's Table 1 layout for ``nist_to_mnist`` runs, or None if there are none.
+
+    A cell holds the best ``accuracy_after`` over the runs with that source dataset and
+    label mode (``source_labels=true`` -> supervised, ``pseudo`` -> unsupervised); the row
+    "before" is the mean ``accuracy_before``.  Accuracies are shown in percent.
+    """
+    cells: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        if r.status != "ok":
+            continue
+        source = r.choices.get("dataset@source") or r.summary.get("source")
+        if source is None:
+            continue
+        exp = r.choices.get("experiment") or r.summary.get("experiment")
+        if exp is not None and exp != "nist_to_mnist":
+            continue
+        mode = str(r.summary.get("source_labels", r.overrides.get("source_labels", "true"))).lower()
+        row = "unsupervised" if mode == "pseudo" else "supervised"
+        c = cells.setdefault(str(source), {})
+        for key, metric in (("before", "accuracy_before"), (row, "accuracy_after")):
+            v = _to_number(r.summary.get(metric))
+            if v is not None:
+                c.setdefault(key, []).append(v)
+    if not cells:
+        return None
+    datasets = sorted(cells, key=lambda s: (list(PAPER_TABLE1).index(s) if s in PAPER_TABLE1 else 99, s))
+    header = ["", *[f"{d} (ours)" for d in datasets], *[f"{d} (paper)" for d in datasets if d in PAPER_TABLE1]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    labels = {"before": "Original (before flow)", "supervised": "Flowed (supervised)", "unsupervised": "Flowed (unsupervised)"}
+    for key, label in labels.items():
+        ours = []
+        for d in datasets:
+            vals = cells[d].get(key)
+            if not vals:
+                ours.append("")
+            else:
+                v = sum(vals) / len(vals) if key == "before" else max(vals)
+                ours.append(f"{100 * v:.1f}")
+        paper = [f"{PAPER_TABLE1[d][key]:g}" for d in datasets if d in PAPER_TABLE1]
+        lines.append("| " + " | ".join([label, *ours, *paper]) + " |")
+    note = (
+        "\nAccuracy (%) of the frozen oracle. Supervised/unsupervised cells: best run of the sweep "
+        "for that source dataset; 'before': mean over runs.\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True) -> dict[str, Path]:
+    """Write report.csv, report.md, plots and (when applicable) table1.md. Returns the paths."""
+    runs = find_runs(root)
+    out_dir = Path(out) if out is not None else Path(root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header, rows = table_rows(runs)
+    written: dict[str, Path] = {}
+    with open(out_dir / "report.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows([["" if v is None else v for v in row] for row in rows])
+    written["csv"] = out_dir / "report.csv"
+    failed = [r for r in runs if r.status != "ok"]
+    md = [f"# Sweep report: {Path(root)}\n", f"{len(runs)} runs, {len(failed)} failed.\n", markdown_table(header, rows)]
+    if failed:
+        md.append("\n## Failed runs\n")
+        md += [f"- `{r.path.name}`: {r.summary.get('error', 'unknown error')}\n" for r in failed]
+    t1 = table1(runs)
+    if t1:
+        (out_dir / "table1.md").write_text("# Table 1 (Alvarez-Melis & Fusi 2021 layout)\n\n" + t1)
+        written["table1"] = out_dir / "table1.md"
+        md.append("\n## Table 1 layout\n\n" + t1)
+    if plots:
+        metric_names = [m for m in METRICS if m in header]
+        for setting in swept_keys(runs):
+            if not any(_to_number(r.overrides.get(setting)) is not None for r in runs):
+                continue
+            for metric in metric_names:
+                safe = setting.replace("/", "_").replace("@", "_")
+                p = plot_metric_vs_setting(runs, metric, setting, out_dir / f"report_{metric}_vs_{safe}.png")
+                if p is not None:
+                    written[f"{metric}_vs_{setting}"] = p
+                    md.append(f"\n![{metric} vs {setting}]({p.name})\n")
+    (out_dir / "report.md").write_text("".join(md))
+    written["markdown"] = out_dir / "report.md"
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="dsflow-report",
+        description="Summarise a dsflow run or sweep directory into report.md/report.csv, plots "
+        "and, for nist_to_mnist sweeps, the paper's Table 1 layout.",
+    )
+    parser.add_argument("directory", help="a multirun directory (e.g. outputs/multirun/DATE/TIME) or a run dir")
+    parser.add_argument("--out", default=None, help="where to write the report (default: the directory itself)")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    try:
+        written = write_report(args.directory, args.out, plots=not args.no_plots)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((Path(written["markdown"])).read_text())
+    for name, p in written.items():
+        print(f"wrote {name}: {p}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

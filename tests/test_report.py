@@ -1,0 +1,79 @@
+"""dsflow-report on synthetic sweep directories (the layout Hydra multirun writes)."""
+
+import csv
+import json
+
+import pytest
+
+from dsflow.report import find_runs, main, swept_keys, table1, write_report
+
+
+def _job(root, num, overrides, summary, choices=None):
+    d = root / str(num)
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    ch = {"dataset@source": "usps", "dataset@target": "mnist", "experiment": "nist_to_mnist"}
+    ch.update(choices or {})
+    lines = "".join(f"      {k}: {v}\n" for k, v in ch.items())
+    (d / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n" + lines)
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "multirun"
+    k = 0
+    for entreg in (10, 100):
+        for lr in (0.1, 1):
+            acc = 0.5 + entreg / 400 + lr / 10
+            _job(root, k, ["+experiment=nist_to_mnist", f"functional.entreg={entreg}", f"optimizer.lr={lr}"],
+                 {"status": "ok", "accuracy_before": 0.7, "accuracy_after": acc, "objective_after": 1.0 / entreg})
+            k += 1
+    _job(root, k, ["+experiment=nist_to_mnist", "functional.entreg=1000", "optimizer.lr=1"],
+         {"status": "failed", "error": "FlowDivergedError: objective is nan at step 3"})
+    return root
+
+
+def test_finds_runs_in_numeric_order_and_sweep_axes(sweep):
+    runs = find_runs(sweep)
+    assert [r.path.name for r in runs] == ["0", "1", "2", "3", "4"]
+    assert swept_keys(runs) == ["functional.entreg", "optimizer.lr"]
+    assert runs[0].choices["dataset@source"] == "usps"
+
+
+def test_report_files_and_values(sweep, tmp_path):
+    out = tmp_path / "rep"
+    written = write_report(sweep, out)
+    rows = list(csv.DictReader(open(written["csv"])))
+    assert len(rows) == 5
+    assert rows[3]["functional.entreg"] == "100" and rows[3]["optimizer.lr"] == "1"
+    assert float(rows[3]["accuracy_after"]) == pytest.approx(0.5 + 100 / 400 + 0.1)
+    assert rows[4]["status"] == "failed"
+    md = written["markdown"].read_text()
+    assert "1 failed" in md and "FlowDivergedError" in md
+    assert (out / "report_accuracy_after_vs_functional.entreg.png").stat().st_size > 1000
+    assert "accuracy_after_vs_optimizer.lr" in written
+
+
+def test_table1_layout_uses_best_supervised_and_pseudo_rows(tmp_path):
+    root = tmp_path / "t1"
+    _job(root, 0, ["source_labels=true"], {"accuracy_before": 0.77, "accuracy_after": 0.95, "source_labels": "true"})
+    _job(root, 1, ["source_labels=true"], {"accuracy_before": 0.79, "accuracy_after": 0.97, "source_labels": "true"})
+    _job(root, 2, ["source_labels=pseudo"], {"accuracy_before": 0.78, "accuracy_after": 0.6, "source_labels": "pseudo"})
+    _job(root, 3, ["source_labels=true"], {"accuracy_before": 0.05, "accuracy_after": 0.9, "source_labels": "true"},
+         choices={"dataset@source": "kmnist"})
+    text = table1(find_runs(root))
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines() if line.startswith("| ")}
+    assert lines[""][:2] == ["usps (ours)", "kmnist (ours)"]
+    assert lines["Original (before flow)"][0] == "78.0"  # mean of 77, 79, 78
+    assert lines["Flowed (supervised)"][0] == "97.0"  # best supervised run
+    assert lines["Flowed (unsupervised)"][:2] == ["60.0", ""]
+    assert lines["Flowed (supervised)"][2] == "99.1"  # the paper's USPS number
+
+
+def test_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="no run found"):
+        find_runs(tmp_path)
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
