@@ -1,0 +1,152 @@
+"""Datasets that need no download: scikit-learn's 8x8 digits and the user's own ``.npz`` files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsflow.data.common import finish_vectors, images_to_labeled_data, select_indices, to_plain
+
+
+def digits(
+    n_per_class: int | None = None,
+    max_samples: int | None = None,
+    classes: Any = None,
+    transform: Any = None,
+    seed: int | None = 0,
+    resize: Any = None,
+    channels: int | None = None,
+    normalize: Any = None,
+    name: str | None = None,
+):
+    """scikit-learn's embedded handwritten digits: 1797 images 8x8, pixels scaled to ``[0, 1]``.
+
+    ``image_shape`` is ``(1, 8, 8)``, labels 0..9 named ``"0"``..``"9"``.  ``resize`` /
+    ``channels`` / ``normalize`` work as for the torchvision datasets.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    labels = bunch.target.astype(np.int64)
+    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes,
+                          seed=seed, loader="digits")
+    return images_to_labeled_data(
+        bunch.images[keep], labels[keep], layout="NHW", scale=16.0,  # raw pixel values are 0..16
+        resize=resize, channels=channels, normalize=normalize, transform=transform, seed=seed,
+        class_names=[str(i) for i in range(10)], name=name or "digits", loader="digits",
+        meta={"dataset": "digits", "indices": keep.tolist()},
+    )
+
+
+def _npz_layout(x: np.ndarray, image_shape: Any, channels_last: bool | None, path: Path):
+    """Decide how the stored array maps to ``(n, d)`` features and an ``image_shape``."""
+    if image_shape is not None:
+        image_shape = tuple(int(s) for s in to_plain(image_shape))
+        if int(np.prod(image_shape)) != int(np.prod(x.shape[1:])):
+            raise ValueError(
+                f"npz {path}: image_shape {image_shape} has {int(np.prod(image_shape))} values per sample "
+                f"but the x array has shape {x.shape} ({int(np.prod(x.shape[1:]))} per sample)"
+            )
+        return x.reshape(x.shape[0], -1), image_shape
+    if x.ndim == 2:
+        return x, None
+    if x.ndim == 3:  # (n, H, W) grey images
+        return x.reshape(x.shape[0], -1), (1, x.shape[1], x.shape[2])
+    if x.ndim == 4:
+        if channels_last is None:  # (n, H, W, C) when the last axis looks like channels
+            channels_last = x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4)
+        if channels_last:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return x.reshape(x.shape[0], -1), tuple(int(s) for s in x.shape[1:])
+    raise ValueError(
+        f"npz {path}: x must have shape (n, d), (n, H, W), (n, C, H, W) or (n, H, W, C); got {x.shape}"
+    )
+
+
+def npz(
+    path: str | os.PathLike | None = None,
+    x_key: str = "x",
+    y_key: str = "y",
+    image_shape: Any = None,
+    channels_last: bool | None = None,
+    n_per_class: int | None = None,
+    max_samples: int | None = None,
+    classes: Any = None,
+    transform: Any = None,
+    seed: int | None = 0,
+    name: str | None = None,
+):
+    """Your own labeled data from a ``.npz`` file with features under ``x_key`` and labels under ``y_key``.
+
+    ``x`` may be ``(n, d)``, ``(n, H, W)``, ``(n, C, H, W)`` or ``(n, H, W, C)``
+    (``channels_last``: null = guess from the shape).  ``uint8`` arrays are divided by 255.
+    Files written by :meth:`LabeledData.save_npz` also restore class names and image shape.
+    """
+    if path is None or str(path) == "":
+        raise ValueError("npz: give the file with `path=...` (e.g. `source.path=/data/mine.npz`)")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"npz: file not found: {str(path)!r} (absolute: {str(path.absolute())!r})")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as err:  # a corrupt or non-npz file
+        raise ValueError(f"npz: could not read {str(path)!r} as a .npz archive: {err}") from err
+    with archive:
+        present = list(archive.files)
+        for role, key in (("x_key", x_key), ("y_key", y_key)):
+            if key not in present:
+                raise ValueError(
+                    f"npz {path}: no array named {key!r} ({role}); the file holds {present}. "
+                    f"Set {role} to the right name (e.g. `source.{role}={present[0] if present else 'x'}`)"
+                )
+        x, y = archive[x_key], archive[y_key]
+        stored = {}
+        if "meta" in present:
+            try:
+                stored = json.loads(str(archive["meta"]))
+            except ValueError:
+                stored = {}
+    if y.ndim == 2 and 1 in y.shape:
+        y = y.reshape(-1)
+    if y.ndim != 1:
+        raise ValueError(f"npz {path}: labels {y_key!r} must be 1-D (n,), got shape {y.shape}")
+    if x.ndim < 2:
+        raise ValueError(f"npz {path}: features {x_key!r} must be at least 2-D (n, d), got shape {x.shape}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"npz {path}: {x_key!r} has {x.shape[0]} samples (shape {x.shape}) but {y_key!r} has "
+            f"{y.shape[0]} labels; they must match"
+        )
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise ValueError(f"npz {path}: features {x_key!r} must be numeric, got dtype {x.dtype}")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise ValueError(f"npz {path}: labels {y_key!r} must be integers, got non-integral values")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"npz {path}: labels {y_key!r} must be integers, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if image_shape is None and stored.get("image_shape"):
+        image_shape = stored["image_shape"]
+    features, shape = _npz_layout(x, image_shape, channels_last, path)
+    keep = select_indices(y, n_per_class=n_per_class, max_samples=max_samples, classes=classes, seed=seed,
+                          loader="npz")
+    features = features[keep]
+    scale = 255.0 if features.dtype == np.uint8 else 1.0
+    features = features.astype(np.float32) / np.float32(scale)
+    names = stored.get("class_names") or None
+    if names:
+        names = {int(k): v for k, v in names.items()}
+    data = finish_vectors(
+        features, y[keep], transform=None, seed=seed, class_names=names,
+        name=name or stored.get("name") or path.stem,
+        meta={"dataset": "npz", "path": str(path), "indices": keep.tolist()},
+    )
+    if shape is not None:
+        data = data.with_(image_shape=shape)
+    from dsflow.data.transforms import apply_transforms
+
+    return apply_transforms(data, transform, seed=seed)
