@@ -1,0 +1,103 @@
+"""App extension stage for oracle configs (``oracle.stage: dsflow.oracle.stage.oracle_stage``).
+
+Runs between building the particles and the flow (see `dsflow.app`):
+
+1. builds the frozen oracle from ``cfg.oracle`` (`get_oracle`: checkpoint, cache or training);
+2. when the source's label set differs from the oracle's (``correspondence: auto``) or
+   when asked (``true``), composes it with a class-correspondence layer computed from the
+   OTDD label distances between the source and the flow's target (paper section 6.4);
+3. evaluates the oracle on the source before the flow and appends an `OracleMonitor`
+   (every ``eval_every`` steps) to the flow callbacks;
+4. after the flow: evaluates on the flowed data (recomputing the correspondence on the
+   flowed particles), writes accuracies to the summary and confusion / accuracy plots.
+
+True labels are the source's labels (``ctx.source.y``), one per particle.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def _needs_correspondence(mode, source_classes, oracle_classes) -> bool:
+    import torch
+
+    same = source_classes.numel() == oracle_classes.numel() and bool(torch.equal(source_classes, oracle_classes))
+    if isinstance(mode, str):
+        if mode != "auto":
+            raise ValueError(f"oracle.correspondence must be auto, true or false; got {mode!r}")
+        return not same
+    return bool(mode)
+
+
+def _classifier(oracle, source, target, mode):
+    from dsflow.oracle.correspondence import ComposedClassifier, correspondence_from_data
+
+    sc, oc = source.classes, oracle.classes.detach().cpu()
+    if not _needs_correspondence(mode, sc, oc):
+        return oracle, None
+    tc = target.classes
+    if not (tc.numel() == oc.numel() and bool((tc == oc).all())):
+        raise ValueError(
+            f"oracle: the class correspondence needs the flow target's classes {tc.tolist()} to equal the oracle's "
+            f"{oc.tolist()} (label distances are computed between source and target)"
+        )
+    corr = correspondence_from_data(source.detach(), target.detach()).to(oracle.classes.device)
+    return ComposedClassifier(oracle, corr), corr
+
+
+def oracle_stage(ctx) -> None:
+    """The extension stage: see the module docstring."""
+    from hydra.utils import instantiate
+
+    from dsflow.oracle.evaluation import OracleMonitor, evaluate
+
+    cfg = ctx.cfg.oracle
+    oracle = instantiate(cfg).to(ctx.device)
+    mode = cfg.get("correspondence", "auto")
+    classifier, corr = _classifier(oracle, ctx.source, ctx.target, mode)
+    every = int(cfg.get("eval_every") or 10)
+    true_y = ctx.source.y.detach()
+    monitor = OracleMonitor(classifier, every=every, labels=true_y, final_step=int(ctx.cfg.steps))
+    before = monitor.evaluate_state(ctx.state, 0)
+    ctx.callbacks.append(monitor)
+    meta = getattr(oracle, "checkpoint_meta", {}) or {}
+    ctx.summary.update(
+        oracle=str(cfg.get("name", oracle.architecture)),
+        oracle_checkpoint=getattr(oracle, "checkpoint_path", None),
+        oracle_val_accuracy=meta.get("val_accuracy"),
+        oracle_accuracy_before=before.accuracy,
+        oracle_correspondence=None if corr is None else corr.class_map(),
+    )
+    log.info("oracle accuracy before the flow: %.4f", before.accuracy)
+
+    def after(ctx) -> None:
+        flowed = ctx.flowed
+        classifier_after, corr_after = (classifier, corr)
+        if corr is not None:
+            classifier_after, corr_after = _classifier(oracle, flowed, ctx.target, mode)
+        ev = evaluate(classifier_after, flowed.x, true_y.to(flowed.x.device))
+        ctx.summary.update(
+            oracle_accuracy_after=ev.accuracy,
+            oracle_per_class_accuracy_after={str(k): v for k, v in ev.per_class_accuracy.items()},
+            oracle_accuracy_history={"step": monitor.history["step"], "accuracy": monitor.history["accuracy"]},
+        )
+        if corr_after is not None:
+            ctx.summary["oracle_correspondence_after"] = corr_after.class_map()
+        log.info("oracle accuracy after the flow: %.4f (before: %.4f)", ev.accuracy, before.accuracy)
+        if ctx.cfg.get("plot", True):
+            from dsflow.plotting.oracle import plot_accuracy_curve, plot_confusion_matrix, plot_objective_vs_accuracy
+
+            out = ctx.run_dir
+            names = [ctx.source.class_name(c) for c in ev.true_classes]
+            ctx.images["oracle_confusion"] = out / "oracle_confusion.png"
+            plot_confusion_matrix(ev, true_names=names, path=ctx.images["oracle_confusion"])
+            ctx.images["oracle_accuracy"] = out / "oracle_accuracy.png"
+            plot_accuracy_curve(monitor.history, path=ctx.images["oracle_accuracy"])
+            if any(o is not None for o in monitor.history["objective"]):
+                ctx.images["oracle_objective_vs_accuracy"] = out / "oracle_objective_vs_accuracy.png"
+                plot_objective_vs_accuracy(monitor.history, path=ctx.images["oracle_objective_vs_accuracy"])
+
+    ctx.after_flow.append(after)
