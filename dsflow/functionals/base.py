@@ -92,7 +92,8 @@ class WeightedSum(Functional):
         parts: dict[str, float] = {}
         for key, f in self.terms.items():
             v, sub = f.evaluate(state)
-            parts.update(sub if len(sub) > 1 else {key: float(v.detach())})
+            if sub:  # a term with no computable value (entropy) reports no part
+                parts.update(sub if len(sub) > 1 else {key: float(v.detach())})
             weighted = self.weights[key] * v
             total = weighted if total is None else total + weighted
         parts[self.name] = float(total.detach())

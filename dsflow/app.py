@@ -1,0 +1,439 @@
+"""Run orchestration: config -> datasets -> particles -> flow -> outputs.
+
+`run(cfg)` executes a list of *stages*, each a function ``stage(ctx: RunContext)`` that
+reads and fills the shared `RunContext`:
+
+``setup`` (seed, device, dtype) -> ``load_data`` (source, target, checks) -> ``build``
+(objective, dynamics, optimizer, particles) -> ``extension`` (``oracle.stage`` from the
+config, if any) -> ``flow`` (the particle loop with metric/progress callbacks) -> ``save``
+(``flowed.npz``) -> ``after_flow`` hooks -> ``plots``.
+
+An extension stage (e.g. the oracle's) may append flow callbacks ``(step, record, state)``
+to ``ctx.callbacks``, functions ``fn(ctx)`` to ``ctx.after_flow`` (run once the flowed data
+is saved), and figures to ``ctx.images``; whatever it puts in ``ctx.summary`` lands in
+``summary.json``.
+
+Outputs in the run directory: ``config.yaml`` (resolved), ``metrics.jsonl``,
+``summary.json`` (written also when the run fails, with ``status: failed``),
+``flowed.npz`` (or ``flowed_last_finite.npz`` after a divergence) and PNG plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger("dsflow")
+
+DTYPES = ("float32", "float64")
+
+
+# ---------------------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy and torch (all devices) from one integer."""
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def resolve_device(spec: str):
+    """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` are checked."""
+    import torch
+
+    spec = str(spec).strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={spec} was asked for but CUDA is not available on this machine; "
+                "use device=auto (CUDA when present, else CPU) or device=cpu"
+            )
+        index = spec.partition(":")[2]
+        if index:
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise ValueError(
+                    f"device={spec}: there are {torch.cuda.device_count()} CUDA device(s), "
+                    f"use cuda:0 ... cuda:{torch.cuda.device_count() - 1}"
+                )
+        return torch.device(spec)
+    raise ValueError(f"device={spec!r} is not valid; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(name: str):
+    """``float32`` (default) or ``float64`` as a torch dtype."""
+    import torch
+
+    name = str(name).strip().lower()
+    if name not in DTYPES:
+        raise ValueError(f"dtype={name!r} is not valid; use one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def check_same_feature_space(source, target) -> None:
+    """Source and target must share the feature dimension (OTDD compares features).
+
+    The message suggests the ``resize`` transform (images) that makes them match.
+    """
+    if source.d == target.d:
+        return
+
+    def shape(data):
+        return f"d={data.d}" + (f", image {'x'.join(map(str, data.image_shape))}" if data.image_shape else "")
+
+    hint = (
+        "Make them match with a transform, e.g. "
+        f"'source.transform=[{{name: resize, size: ...}}]' (or target.transform=...)"
+    )
+    if source.is_image and target.is_image:
+        c, h, w = target.image_shape
+        hint = (
+            "Resize one side to the other's image shape, e.g. "
+            f"'source.transform=[{{name: resize, size: [{h}, {w}]}}]'"
+            + (f" (and matching channels: {c})" if source.image_shape[0] != c else "")
+        )
+    raise ValueError(
+        f"source {source.name!r} ({shape(source)}) and target {target.name!r} ({shape(target)}) "
+        f"have different feature dimensions; a flow needs one feature space. {hint}"
+    )
+
+
+def describe_data(data) -> dict[str, Any]:
+    """Facts about a dataset for ``summary.json``."""
+    return {
+        "name": data.name,
+        "n": data.n,
+        "d": data.d,
+        "num_classes": data.num_classes,
+        "classes": [int(c) for c in data.classes.tolist()],
+        "class_names": data.names,
+        "image_shape": list(data.image_shape) if data.image_shape else None,
+    }
+
+
+def plain_config(cfg) -> dict:
+    """The resolved config as a plain dict (what loggers and ``config.yaml`` get)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def hydra_run_dir() -> Path | None:
+    """The Hydra output directory of the current job, or None outside a Hydra app."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - only means "not in a Hydra job"
+        pass
+    return None
+
+
+def _float(value) -> float:
+    return float(value.detach()) if hasattr(value, "detach") else float(value)
+
+
+# ---------------------------------------------------------------------------- context
+@dataclass
+class RunContext:
+    """Everything the stages of one run share."""
+
+    cfg: Any
+    run_dir: Path
+    loggers: Any = None
+    device: Any = None
+    dtype: Any = None
+    source: Any = None  # LabeledData on device
+    target: Any = None
+    objective: Any = None
+    dynamics: Any = None
+    optimizer: Any = None  # optimizer factory: params -> torch.optim.Optimizer
+    state: Any = None  # initial ParticleState
+    result: Any = None  # FlowResult
+    flowed: Any = None  # LabeledData of the final particles
+    records: list = field(default_factory=list)  # metrics rows, as written
+    callbacks: list = field(default_factory=list)  # extra flow callbacks (step, record, state)
+    after_flow: list = field(default_factory=list)  # fn(ctx) run after the flowed data is saved
+    images: dict = field(default_factory=dict)  # figure name -> path
+    files: dict = field(default_factory=dict)  # output name -> path
+    summary: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+
+Stage = Callable[[RunContext], None]
+
+
+# ---------------------------------------------------------------------------- stages
+def stage_setup(ctx: RunContext) -> None:
+    cfg = ctx.cfg
+    seed_everything(cfg.seed)
+    ctx.device = resolve_device(cfg.device)
+    ctx.dtype = resolve_dtype(cfg.dtype)
+    steps = int(cfg.steps)
+    if steps < 0:
+        raise ValueError(f"steps={steps}: the number of flow steps must be >= 0")
+    ctx.summary.update(seed=int(cfg.seed), device=str(ctx.device), dtype=str(cfg.dtype), steps=steps)
+
+
+def stage_load_data(ctx: RunContext) -> None:
+    from hydra.utils import instantiate
+
+    from dsflow.data.container import LabeledData
+
+    datasets = {}
+    for side in ("source", "target"):
+        data = instantiate(ctx.cfg[side])
+        if not isinstance(data, LabeledData):
+            raise TypeError(
+                f"{side}: the dataset config's _target_ must return LabeledData, got {type(data).__name__}"
+            )
+        datasets[side] = data
+    check_same_feature_space(datasets["source"], datasets["target"])
+    ctx.source = datasets["source"].to(ctx.device, ctx.dtype)
+    ctx.target = datasets["target"].to(ctx.device, ctx.dtype)
+    ctx.summary.update(
+        n=ctx.source.n, d=ctx.source.d, classes=ctx.source.num_classes,
+        target_n=ctx.target.n, target_classes=ctx.target.num_classes,
+        source=describe_data(ctx.source), target=describe_data(ctx.target),
+    )
+    log.info("source %s | target %s", ctx.source, ctx.target)
+
+
+def stage_build(ctx: RunContext) -> None:
+    from hydra.utils import instantiate
+
+    from dsflow.flow.dynamics_base import Dynamics
+    from dsflow.functionals.base import Functional, WeightedSum
+
+    objective = instantiate(ctx.cfg.functional, _convert_="partial")
+    if isinstance(objective, dict):  # a mapping of terms {name: {weight, functional}}
+        objective = WeightedSum(objective)
+    if not isinstance(objective, Functional):
+        raise TypeError(f"functional: the config must build a Functional, got {type(objective).__name__}")
+    dynamics = instantiate(ctx.cfg.dynamics)
+    if not isinstance(dynamics, Dynamics):
+        raise TypeError(f"dynamics: the config must build a Dynamics, got {type(dynamics).__name__}")
+    optimizer = instantiate(ctx.cfg.optimizer)
+    if not callable(optimizer):
+        raise TypeError("optimizer: the config must build an optimizer factory (`_partial_: true`)")
+    ctx.objective = objective.bind(source=ctx.source, target=ctx.target) or objective
+    ctx.dynamics = dynamics
+    ctx.optimizer = optimizer
+    ctx.state = dynamics.init_state(ctx.source, device=ctx.device, dtype=ctx.dtype)
+    ctx.summary.update(functional=type(objective).__name__, dynamics=getattr(dynamics, "name", ""),
+                       optimizer=getattr(optimizer, "func", optimizer).__name__)
+
+
+def stage_extension(ctx: RunContext) -> None:
+    """Run ``oracle.stage`` (a dotted path to ``fn(ctx)``) when the oracle config names one."""
+    oracle = ctx.cfg.get("oracle") or {}
+    path = oracle.get("stage") if hasattr(oracle, "get") else None
+    if path:
+        from hydra.utils import get_method
+
+        get_method(str(path))(ctx)
+
+
+class _MetricsCallback:
+    """Sends each engine record (plus ``wall_time``: seconds since the run started) to the
+    loggers and keeps it in ``ctx.records``."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+
+    def __call__(self, step, record, state) -> None:
+        from dsflow.loggers.base import to_jsonable
+
+        row = to_jsonable({k: v for k, v in dict(record or {}).items() if k != "step"})
+        row["wall_time"] = time.perf_counter() - self.ctx.started
+        row["step"] = int(step)
+        self.ctx.records.append(row)
+        self.ctx.loggers.log_metrics(row, int(step))
+
+
+def _evaluate(objective, state) -> tuple[float, dict]:
+    import torch
+
+    with torch.no_grad():
+        value, parts = objective.evaluate(state)
+    return _float(value), {k: float(v) for k, v in parts.items()}
+
+
+def flow_options(ctx: RunContext) -> dict:
+    """``cfg.flow`` as keyword arguments of `run_flow`, completed from the run: ``progress``
+    and ``seed`` default to the top-level keys, relative paths live in the run directory."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(ctx.cfg.get("flow") or {}, resolve=True)
+    # the top-level switch can silence the bar whatever the flow config says
+    options["progress"] = bool(ctx.cfg.get("progress", True)) and bool(options.get("progress", True))
+    options.setdefault("seed", int(ctx.cfg.seed))
+    for key in ("trajectory_path", "checkpoint_dir"):
+        if options.get(key) and not Path(options[key]).is_absolute():
+            options[key] = str(ctx.run_dir / options[key])
+    return options
+
+
+def _trajectory_arrays(source) -> dict:
+    """``trajectory`` (T, n, d) and ``trajectory_steps`` (T,) for an npz, from a FlowResult
+    or a FlowDivergedError; empty when no trajectory was recorded."""
+    import numpy as np
+
+    from dsflow.flow.trajectory import load_trajectory
+
+    trajectory = getattr(source, "trajectory", None)
+    if trajectory is None:
+        return {}
+    return {"trajectory": np.asarray(load_trajectory(trajectory)),
+            "trajectory_steps": np.asarray(getattr(source, "trajectory_steps", []), dtype=np.int64)}
+
+
+def stage_flow(ctx: RunContext) -> None:
+    from dsflow.flow.engine import FlowDivergedError, run_flow
+
+    steps = int(ctx.cfg.steps)
+    try:
+        ctx.result = run_flow(ctx.state, ctx.objective, ctx.dynamics, ctx.optimizer, steps=steps,
+                              callbacks=[_MetricsCallback(ctx), *ctx.callbacks], **flow_options(ctx))
+    except FlowDivergedError as exc:
+        history = exc.history or ctx.records
+        ctx.summary.update(diverged_at_step=exc.step, diverged_part=exc.part, steps_done=len(history))
+        if history:
+            ctx.summary["objective_before"] = history[0]["objective"]
+        last = exc.last_state
+        if last is not None:
+            path = last.to_data(name=ctx.source.name).save_npz(
+                ctx.run_dir / "flowed_last_finite.npz", step=last.step, **_trajectory_arrays(exc))
+            ctx.files["flowed_last_finite"] = path
+            ctx.summary["last_finite_state"] = str(path)
+            log.error("the flow diverged at step %s; last finite state (step %s) saved to %s",
+                      exc.step, last.step, path)
+        raise
+    result = ctx.result
+    ctx.flowed = result.state.to_data(name=ctx.source.name)
+    if result.final_objective is not None:
+        after, parts_after = float(result.final_objective), dict(result.final_parts)
+    else:
+        after, parts_after = _evaluate(ctx.objective, result.state)
+    if result.history:
+        before, parts_before = result.history[0]["objective"], dict(result.history[0]["parts"])
+    else:  # steps=0
+        before, parts_before = after, parts_after
+    done = int(result.steps_done or len(result.history))
+    ctx.summary.update(
+        objective_before=before, objective_after=after, parts_before=parts_before,
+        parts_after=parts_after, objective_ratio=(after / before) if before else None,
+        steps_done=done, stop_reason=result.stop_reason, flow_time_s=result.wall_time,
+        time_per_step_s=(result.wall_time / done) if done else None,
+    )
+    log.info("objective %.6g -> %.6g after %d steps (%.1f s)", before, after, done, result.wall_time)
+
+
+def stage_save(ctx: RunContext) -> None:
+    extra = _trajectory_arrays(ctx.result)
+    path = ctx.flowed.save_npz(ctx.run_dir / "flowed.npz", **extra)
+    ctx.files["flowed"] = path
+    if extra:
+        ctx.summary["trajectory_arrays"] = {k: list(v.shape) for k, v in extra.items()}
+
+
+def stage_after_flow(ctx: RunContext) -> None:
+    for fn in ctx.after_flow:
+        fn(ctx)
+
+
+def stage_plots(ctx: RunContext) -> None:
+    if not ctx.cfg.get("plot", True):
+        return
+    from dsflow.plotting import core
+
+    out = ctx.run_dir
+    if ctx.records:
+        ctx.images["objective"] = core.plot_objective(
+            ctx.records, out / "objective.png", title=f"{ctx.source.name} -> {ctx.target.name}")
+    panels = {"source (t=0)": ctx.source, f"flowed (t={len(ctx.records)})": ctx.flowed, "target": ctx.target}
+    if ctx.flowed is not None and ctx.source.d in (2, 3):
+        ctx.images["scatter"] = core.plot_scatter(panels, out / "scatter.png", seed=int(ctx.cfg.seed))
+    if ctx.flowed is not None and ctx.source.is_image and ctx.target.is_image:
+        ctx.images["images"] = core.plot_image_grid(panels, out / "images.png")
+    ctx.loggers.log_images(ctx.images)
+
+
+DEFAULT_STAGES: tuple[Stage, ...] = (
+    stage_setup,
+    stage_load_data,
+    stage_build,
+    stage_extension,
+    stage_flow,
+    stage_save,
+    stage_after_flow,
+    stage_plots,
+)
+
+
+# ---------------------------------------------------------------------------- entry
+def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None = None) -> dict:
+    """Run one experiment and return its summary (also written to ``summary.json``).
+
+    ``run_dir`` defaults to the Hydra job's output directory (``hydra.run.dir``), else
+    ``cfg.output_dir``.  Exceptions propagate after ``summary.json`` (``status: failed``,
+    ``error``, ``traceback``) and the loggers are written and closed.
+    """
+    from omegaconf import OmegaConf
+
+    from dsflow.loggers import build_loggers
+
+    run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
+    if run_dir is None:
+        if cfg.get("output_dir"):
+            run_dir = Path(cfg.output_dir)
+        else:
+            raise ValueError("run(cfg): no run directory; pass run_dir=... or run through the `dsflow` command")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.set_struct(cfg, True)  # typo'd keys fail loudly also when called as a library
+    config = plain_config(cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+
+    ctx = RunContext(cfg=cfg, run_dir=run_dir)
+    ctx.summary.update(status="running", run_dir=str(run_dir.resolve()),
+                       started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    start = time.perf_counter()
+    run_name = cfg.get("name") or None
+    with build_loggers(cfg.get("logger"), run_dir, run_name=run_name) as loggers:
+        ctx.loggers = loggers
+        loggers.log_config(config)
+        try:
+            for stage in stages or DEFAULT_STAGES:
+                stage(ctx)
+            ctx.summary["status"] = "ok"
+        except BaseException as exc:
+            ctx.summary.update(
+                status="failed",
+                error=f"{type(exc).__name__}: {exc}",
+                error_type=type(exc).__name__,
+                traceback=traceback.format_exc(),
+            )
+            raise
+        finally:
+            ctx.summary["wall_time_s"] = time.perf_counter() - start
+            ctx.summary["files"] = {
+                **{k: Path(p).name for k, p in ctx.files.items()},
+                **{k: Path(p).name for k, p in ctx.images.items()},
+            }
+            loggers.log_summary(ctx.summary)
+    return ctx.summary
+

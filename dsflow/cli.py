@@ -1,0 +1,143 @@
+"""Command-line entry points: ``dsflow`` (a flow run or sweep) and ``dsflow-distance``.
+
+Both are Hydra apps over the configs installed as the package ``dsflow.configs``.  This
+module imports only Hydra at start-up (torch & co. are imported by the run itself), so
+``dsflow --help`` is fast.
+
+Failures: every job catches its own error, records it in its ``summary.json``
+(``status: failed``) and its log, and lets the other jobs of a multirun go on; the command
+then lists the failed jobs and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("dsflow")
+
+CONFIG_PATH = "pkg://dsflow.configs"
+
+
+@dataclass
+class JobOutcome:
+    run_dir: str
+    overrides: list
+    status: str
+    error: str = ""
+
+
+#: outcomes of the jobs this process ran (one for a run, one per job for a multirun)
+JOBS: list[JobOutcome] = []
+
+
+def _job_info() -> tuple[str, list, bool]:
+    """(output dir, overrides, is_multirun) of the current Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return hc.runtime.output_dir, list(hc.overrides.task), hc.mode == RunMode.MULTIRUN
+
+
+def _run_job(cfg: DictConfig, runner) -> dict | None:
+    """Run one job with ``runner(cfg) -> summary``; record, print and swallow its failure.
+
+    Set ``HYDRA_FULL_ERROR=1`` to get the exception raised with its full traceback instead.
+    """
+    run_dir, overrides, multirun = _job_info()
+    try:
+        summary = runner(cfg)
+    except Exception as exc:  # noqa: BLE001 - recorded, reported at exit with status 1
+        message = f"{type(exc).__name__}: {exc}"
+        log.error("run failed: %s\n(outputs and summary.json in %s)", message, run_dir)
+        log.debug("traceback:", exc_info=True)
+        JOBS.append(JobOutcome(run_dir, overrides, "failed", message))
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" and not multirun:
+            raise
+        return None
+    JOBS.append(JobOutcome(run_dir, overrides, "ok"))
+    return summary
+
+
+def _print_flow_result(summary: dict) -> None:
+    before, after = summary.get("objective_before"), summary.get("objective_after")
+    lines = [f"dsflow: finished {summary.get('steps_done', 0)} steps in {summary.get('wall_time_s', 0):.1f} s"]
+    if isinstance(after, float) and isinstance(before, float):
+        lines.append(f"  final objective: {after:.6g} (before the flow: {before:.6g})")
+    for key in sorted(k for k in summary if k.startswith("accuracy")):
+        if isinstance(summary[key], (int, float)):
+            lines.append(f"  {key}: {summary[key]:.4f}")
+    lines.append(f"  outputs: {summary.get('run_dir')}")
+    print("\n".join(lines), flush=True)
+
+
+def _exit_status() -> int:
+    """Report failed jobs on stderr; 1 when any failed."""
+    failed = [j for j in JOBS if j.status == "failed"]
+    if not failed:
+        return 0
+    if len(JOBS) == 1:
+        print(f"dsflow: error: {failed[0].error}\n  details: {failed[0].run_dir}/summary.json",
+              file=sys.stderr)
+    else:
+        print(f"dsflow: {len(failed)} of {len(JOBS)} jobs failed:", file=sys.stderr)
+        for job in failed:
+            print(f"  [{' '.join(job.overrides)}] {job.error}\n    -> {job.run_dir}", file=sys.stderr)
+    return 1
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+def _flow_app(cfg: DictConfig) -> dict | None:
+    from dsflow.app import run
+
+    summary = _run_job(cfg, run)
+    if summary is not None:
+        _print_flow_result(summary)
+    return summary
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="distance", version_base="1.3")
+def _distance_app(cfg: DictConfig) -> dict | None:
+    from dsflow.distance_app import print_distance, run_distance
+
+    summary = _run_job(cfg, run_distance)
+    if summary is not None:
+        print_distance(summary)
+    return summary
+
+
+def _main(app) -> None:
+    JOBS.clear()
+    app()
+    sys.exit(_exit_status())
+
+
+#: what ``dsflow`` with no arguments at all runs
+DEFAULT_EXPERIMENT = "+experiment=default"
+
+
+def main() -> None:
+    """``dsflow [overrides]``: flow a labeled dataset; ``dsflow -m ...`` for a sweep.
+
+    With no arguments at all it runs the quick demo ``+experiment=default`` (the base
+    config alone flows the full datasets); any argument turns this off.
+    """
+    if len(sys.argv) == 1:
+        print(f"dsflow: no arguments, running the default experiment ({DEFAULT_EXPERIMENT})", flush=True)
+        sys.argv.append(DEFAULT_EXPERIMENT)
+    _main(_flow_app)
+
+
+def distance_main() -> None:
+    """``dsflow-distance [overrides]``: the OTDD between two labeled datasets."""
+    _main(_distance_app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""Batched log-domain Sinkhorn with epsilon-scaling, warm starts and envelope gradients.
+
+Entropic OT with the convention of geomloss (Feydy et al. 2019)::
+
+    OT_eps(a, b; C) = min_pi <C, pi> + eps KL(pi | a x b) = max_{f,g} <a,f> + <b,g> - ...
+
+solved on dual potentials in the log domain (stable for any ``eps``).  Iterations run
+without autograd; the returned value is rebuilt by one differentiable c-transform from the
+detached potentials (envelope theorem), so gradients w.r.t. the cost are the transport plan
+and cost nothing extra to store.
+
+Schedule: from ``eps0 = max C`` (the squared diameter) down to ``eps`` by a factor
+``scaling`` per step (one update per level, as geomloss does), and then -- unlike geomloss
+-- *keep iterating at the target eps* until the log-marginal error ``max |f_{t+1}-f_t|/eps``
+drops below ``tol`` (or ``max_iter``).  A warm start (potentials of a nearby problem)
+skips the schedule.
+
+Debiased Sinkhorn divergence ``S = OT(a,b) - OT(a,a)/2 - OT(b,b)/2``; the symmetric
+self-problems use the averaged update ``f <- (f + T(f))/2``.  Tensors are ``(B, n, m)``
+costs and ``(B, n)``/``(B, m)`` log-weights; padding is expressed by ``-inf`` log-weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["SinkhornPotentials", "sinkhorn_potentials", "sinkhorn_value", "log_sinkhorn", "epsilon_schedule", "self_potential", "softmin"]
+
+
+def _softmin(neg_C_over_eps: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
+    """``-eps log sum_j exp(h_j - C_ij/eps)`` for ``(B, n, m)`` and ``(B, m)``."""
+    return -eps * torch.logsumexp(neg_C_over_eps + h[:, None, :], dim=2)
+
+
+def softmin(eps: float, C: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Differentiable c-transform ``-eps log sum_j exp(h_j - C_ij/eps)`` (``(B,n,m)``, ``(B,m)``)."""
+    return -eps * torch.logsumexp(h[:, None, :] - C / eps, dim=2)
+
+
+def epsilon_schedule(eps0: float, eps: float, scaling: float) -> list[float]:
+    """Geometric ``eps0, eps0*scaling, ...`` down to (and ending with) ``eps``."""
+    if not 0.0 < scaling < 1.0:
+        raise ValueError(f"eps scaling must be in (0, 1), got {scaling}")
+    if eps0 <= eps:
+        return [eps]
+    steps = int(math.floor(math.log(eps / eps0) / math.log(scaling)))
+    return [eps0 * scaling**i for i in range(steps + 1) if eps0 * scaling**i > eps] + [eps]
+
+
+@torch.no_grad()
+def _cross_loop_log(C, log_a, log_b, f, g, e, tol, max_iter):
+    """Alternating log-domain updates at fixed eps until ``max|f_{t+1}-f_t|/eps < tol``."""
+    nC = -C / e
+    nCt = nC.mT.contiguous()
+    it, err = 0, float("inf")
+    while it < max_iter:
+        f_new = _softmin(nC, log_b + g / e, e)
+        g = _softmin(nCt, log_a + f_new / e, e)
+        err = float((f_new - f).abs().amax()) / e
+        f = f_new
+        it += 1
+        if err < tol:
+            break
+    return f, g, it, err
+
+
+@torch.no_grad()
+def _cross_loop(C, log_a, log_b, f, g, e, tol, max_iter, absorb: float = 30.0, omega: float = 1.0):
+    """Same fixed point as `_cross_loop_log`, by stabilised scaling (Schmitzer 2019).
+
+    The kernel ``K = a b exp((f0 + g0 - C)/eps)`` is formed once around the current
+    potentials (one exp pass); iterations are then two matrix-vector products on scalings
+    ``u = exp((f-f0)/eps)``, ``v = exp((g-g0)/eps)``, ~10x cheaper than a logsumexp pass.
+    When ``|log u|`` or ``|log v|`` exceed ``absorb`` the scalings are absorbed into the
+    potentials and the kernel rebuilt; a non-finite scaling falls back to the log domain.
+    """
+    it, err, best = 0, float("inf"), float("inf")
+    a = log_a.exp()
+    b = log_b.exp()
+    while it < max_iter:
+        K = torch.exp((f[:, :, None] + g[:, None, :] - C) / e)  # (B, n, m)
+        Kt = K.mT.contiguous()
+        lu = torch.zeros_like(f)
+        lv = torch.zeros_like(g)
+        bv = b.clone()
+        ok = True
+        while it < max_iter:
+            lu_new = -torch.log((K @ bv[:, :, None])[..., 0])  # f-update: sum_j b_j v_j K_ij
+            # |lu_new - lu| is the log row-marginal error of the current (f, g)
+            err = float(torch.where(a > 0, lu_new - lu, torch.zeros_like(lu)).abs().amax())
+            best = min(best, err)
+            if omega != 1.0 and err > 10.0 * best:  # over-relaxation misbehaving: plain Sinkhorn
+                omega = 1.0
+            if omega != 1.0:  # over-relaxation (Thibault et al. 2021): same fixed point, faster
+                lu_new = lu + omega * (lu_new - lu)
+            lv_new = -torch.log((Kt @ (a * torch.exp(lu_new))[:, :, None])[..., 0])  # g-update
+            if omega != 1.0:
+                lv_new = lv + omega * (lv_new - lv)
+            if not (bool(torch.isfinite(lu_new).all()) and bool(torch.isfinite(lv_new).all())):
+                ok = False
+                break
+            lu, lv = lu_new, lv_new
+            bv = b * torch.exp(lv)
+            it += 1
+            if err < tol or float(lu.abs().amax()) > absorb or float(lv.abs().amax()) > absorb:
+                break
+        if not ok:  # kernel under/overflow: the log domain is always safe
+            return _cross_loop_log(C, log_a, log_b, f, g, e, tol, max(max_iter - it, 1))
+        f = f + e * lu
+        g = g + e * lv
+        if err < tol:
+            break
+    return f, g, it, err
+
+
+@dataclass
+class SinkhornPotentials:
+    """Detached dual potentials and solver facts."""
+
+    f: torch.Tensor  # (B, n) cross potential on the source
+    g: torch.Tensor  # (B, m) cross potential on the target
+    f_self: torch.Tensor | None = None  # (B, n) potential of OT(a, a)
+    g_self: torch.Tensor | None = None  # (B, m) potential of OT(b, b)
+    iterations: int = 0  # updates at the target eps (after the schedule)
+    schedule_steps: int = 0  # updates spent in epsilon-scaling
+    converged: bool = False
+    error: float = float("inf")  # last log-marginal error
+    eps: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+def _check_shapes(C, log_a, log_b):
+    if C.ndim != 3 or log_a.ndim != 2 or log_b.ndim != 2:
+        raise ValueError("sinkhorn: need C (B, n, m), log_a (B, n), log_b (B, m)")
+    if C.shape[0] != log_a.shape[0] or C.shape[1] != log_a.shape[1] or C.shape[2] != log_b.shape[1]:
+        raise ValueError(f"sinkhorn: shapes disagree: C {tuple(C.shape)}, a {tuple(log_a.shape)}, b {tuple(log_b.shape)}")
+
+
+@torch.no_grad()
+def _solve_self(C, log_w, eps_list, tol, max_iter, init):
+    """Symmetric OT_eps(w, w; C): averaged fixed-point on one potential."""
+    if init is None:
+        f = _softmin(-C / eps_list[0], log_w, eps_list[0])
+        levels = eps_list
+    else:
+        f = init.clone()
+        levels = eps_list[-1:]
+    for e in levels[:-1]:
+        f = 0.5 * (f + _softmin(-C / e, log_w + f / e, e))
+    e = levels[-1]
+    nC = -C / e
+    it, err = 0, float("inf")
+    while it < max_iter:
+        f_new = 0.5 * (f + _softmin(nC, log_w + f / e, e))
+        err = float((f_new - f).abs().amax()) * 2.0 / e  # |T(f) - f| / eps
+        f = f_new
+        it += 1
+        if err < tol:
+            break
+    return f, it, err
+
+
+@torch.no_grad()
+def sinkhorn_potentials(
+    C_xy: torch.Tensor,
+    log_a: torch.Tensor,
+    log_b: torch.Tensor,
+    *,
+    eps: float,
+    C_xx: torch.Tensor | None = None,
+    C_yy: torch.Tensor | None = None,
+    scaling: float = 0.5,
+    tol: float = 1e-3,
+    max_iter: int = 2000,
+    init: SinkhornPotentials | None = None,
+    g_self_fixed: torch.Tensor | None = None,
+    level_iters: int = 1,
+    overrelax: float = 1.8,
+) -> SinkhornPotentials:
+    """Solve the (batched) entropic problems to tolerance; returns detached potentials.
+
+    ``C_xx``/``C_yy`` switch on the self problems of the debiased divergence.
+    ``g_self_fixed`` supplies an already-solved target self potential (cached target).
+    ``init`` warm-starts every potential it holds and skips epsilon-scaling.
+    ``overrelax`` (omega in [1, 2)) over-relaxes the final-eps updates (same fixed point;
+    1.8 cut iterations ~10x on hard problems); ``level_iters`` updates per scaling level.
+    """
+    _check_shapes(C_xy, log_a, log_b)
+    if eps <= 0:
+        raise ValueError(f"sinkhorn: eps (entreg) must be > 0, got {eps}")
+    C_xy = C_xy.detach()
+    eps0 = float(C_xy.amax())
+    sched = epsilon_schedule(max(eps0, eps), eps, scaling)
+    warm = (init is not None and init.f is not None and init.f.shape == log_a.shape and init.g.shape == log_b.shape
+            and init.f.dtype == C_xy.dtype and init.f.device == C_xy.device)
+    if warm:
+        f, g = init.f.clone(), init.g.clone()
+        # how far the old potentials are from this problem, in cost units: restart the
+        # epsilon-scaling at that scale (not at the diameter) -- a stale start at a tiny
+        # eps otherwise costs far more iterations than it saves
+        f1 = _softmin(-C_xy / eps, log_b + g / eps, eps)
+        delta = float(torch.where(log_a > -float("inf"), f1 - f, torch.zeros_like(f)).abs().amax())
+        levels = epsilon_schedule(min(max(eps0, eps), max(delta, eps)), eps, scaling) if delta > eps else sched[-1:]
+    else:
+        e0 = sched[0]
+        g = _softmin(-C_xy.mT / e0, log_a, e0)
+        f = _softmin(-C_xy / e0, log_b, e0)
+        levels = sched
+    steps = 0
+    for e in levels[:-1]:
+        if level_iters <= 1:
+            # one symmetric (parallel) update per level, as in geomloss
+            f, g = 0.5 * (f + _softmin(-C_xy / e, log_b + g / e, e)), 0.5 * (g + _softmin(-C_xy.mT / e, log_a + f / e, e))
+            steps += 1
+        else:
+            # a few (cheap, scaling-domain) updates per level bring the potentials closer to
+            # each level's solution, which shortens the slow final phase
+            f, g, k, _ = _cross_loop(C_xy, log_a, log_b, f, g, e, tol, level_iters)
+            steps += k
+    e = levels[-1]
+    if not 1.0 <= overrelax < 2.0:
+        raise ValueError(f"sinkhorn: overrelax must be in [1, 2), got {overrelax}")
+    f, g, it, err = _cross_loop(C_xy, log_a, log_b, f, g, e, tol, max_iter, omega=overrelax)
+    out = SinkhornPotentials(f=f, g=g, iterations=it, schedule_steps=steps, converged=err < tol, error=err, eps=eps)
+    if C_xx is not None:
+        init_f = init.f_self if (warm and init.f_self is not None and init.f_self.shape == log_a.shape) else None
+        out.f_self, itx, errx = _solve_self(C_xx.detach(), log_a, sched, tol, max_iter, init_f)
+        out.info["self_x_iterations"] = itx
+        out.converged = out.converged and errx < tol
+    if g_self_fixed is not None:
+        out.g_self = g_self_fixed
+    elif C_yy is not None:
+        init_g = init.g_self if (warm and init.g_self is not None and init.g_self.shape == log_b.shape) else None
+        out.g_self, ity, erry = _solve_self(C_yy.detach(), log_b, sched, tol, max_iter, init_g)
+        out.info["self_y_iterations"] = ity
+        out.converged = out.converged and erry < tol
+    return out
+
+
+def _half_grad(t: torch.Tensor) -> torch.Tensor:
+    # same value, half the gradient: OT(a, a) depends on its argument twice
+    return 0.5 * t + 0.5 * t.detach()
+
+
+def _wsum(log_w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    w = log_w.exp()
+    return (w * torch.where(w > 0, v, torch.zeros_like(v))).sum(-1)
+
+
+def sinkhorn_value(
+    C_xy: torch.Tensor,
+    log_a: torch.Tensor,
+    log_b: torch.Tensor,
+    pot: SinkhornPotentials,
+    *,
+    C_xx: torch.Tensor | None = None,
+    C_yy: torch.Tensor | None = None,
+    debias: bool = True,
+    self_y_value: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Differentiable ``(B,)`` value from converged potentials (one c-transform with graph).
+
+    ``d value / d C_xy`` is the plan; the self terms carry half gradients.  With
+    ``debias`` the self values come from ``C_xx``/``C_yy`` or, for a fixed target,
+    ``self_y_value`` (``<b, g_self>``, detached).
+    """
+    e = pot.eps
+    f = softmin(e, C_xy, log_b + pot.g / e)
+    value = _wsum(log_a, f) + _wsum(log_b, pot.g)
+    if not debias:
+        return value
+    if pot.f_self is None or (C_xx is None):
+        raise ValueError("sinkhorn_value: debias needs C_xx and self potentials")
+    f_aa = _half_grad(softmin(e, C_xx, log_a + pot.f_self / e))
+    value = value - _wsum(log_a, f_aa)
+    if self_y_value is not None:
+        return value - self_y_value
+    if C_yy is None or pot.g_self is None:
+        raise ValueError("sinkhorn_value: debias needs C_yy (or self_y_value) and its potential")
+    g_bb = _half_grad(softmin(e, C_yy, log_b + pot.g_self / e))
+    return value - _wsum(log_b, g_bb)
+
+
+def log_sinkhorn(
+    C_xy: torch.Tensor,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    *,
+    eps: float,
+    C_xx: torch.Tensor | None = None,
+    C_yy: torch.Tensor | None = None,
+    debias: bool = False,
+    scaling: float = 0.5,
+    tol: float = 1e-3,
+    max_iter: int = 2000,
+    init: SinkhornPotentials | None = None,
+    overrelax: float = 1.8,
+) -> tuple[torch.Tensor, SinkhornPotentials]:
+    """Entropic OT value (``debias=False``) or Sinkhorn divergence (``True``) and potentials.
+
+    Accepts unbatched ``C (n, m)`` with weights ``(n,)``/``(m,)`` (uniform when ``None``) or
+    batched ``(B, n, m)``.  Zero weights are allowed (padding).
+    """
+    squeeze = C_xy.ndim == 2
+    if squeeze:
+        C_xy = C_xy[None]
+        C_xx = C_xx[None] if C_xx is not None else None
+        C_yy = C_yy[None] if C_yy is not None else None
+    B, n, m = C_xy.shape
+    if a is None:
+        a = torch.full((B, n), 1.0 / n, dtype=C_xy.dtype, device=C_xy.device)
+    if b is None:
+        b = torch.full((B, m), 1.0 / m, dtype=C_xy.dtype, device=C_xy.device)
+    a = a.reshape(B, n).to(C_xy.dtype)
+    b = b.reshape(B, m).to(C_xy.dtype)
+    if bool((a < 0).any()) or bool((b < 0).any()):
+        raise ValueError("sinkhorn: weights must be non-negative")
+    if debias and (C_xx is None or C_yy is None):
+        raise ValueError("sinkhorn: debias=True needs C_xx and C_yy")
+    log_a, log_b = a.log(), b.log()
+    pot = sinkhorn_potentials(
+        C_xy, log_a, log_b, eps=eps, C_xx=C_xx if debias else None, C_yy=C_yy if debias else None,
+        scaling=scaling, tol=tol, max_iter=max_iter, init=init, overrelax=overrelax,
+    )
+    val = sinkhorn_value(C_xy, log_a, log_b, pot, C_xx=C_xx, C_yy=C_yy, debias=debias)
+    return (val[0] if squeeze else val), pot
+
+
+def self_potential(
+    C: torch.Tensor,
+    log_w: torch.Tensor,
+    *,
+    eps: float,
+    scaling: float = 0.5,
+    tol: float = 1e-3,
+    max_iter: int = 2000,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Solve the symmetric problem ``OT_eps(w, w; C)`` once (e.g. a fixed target).
+
+    Returns ``(g, half_value, iterations)`` with ``half_value = <w, g> = OT_eps(w, w)/2``
+    (detached), the form `sinkhorn_value` takes as ``self_y_value``.
+    """
+    with torch.no_grad():
+        C = C.detach()
+        sched = epsilon_schedule(max(float(C.amax()), eps), eps, scaling)
+        g, it, _ = _solve_self(C, log_w, sched, tol, max_iter, None)
+        half = _wsum(log_w, softmin(eps, C, log_w + g / eps))
+    return g, half, it

@@ -1,0 +1,150 @@
+"""Benchmarks of the OTDD engine (CPU float32 by default); results for docs/benchmarks.md.
+
+    python scripts/bench_otdd.py gaussian        # Bures label distances: full vs low-rank vs auto
+    python scripts/bench_otdd.py otdd            # one OTDD value+gradient at n=m=2000, d=784
+    python scripts/bench_otdd.py all --quick     # smaller sizes, for a smoke run
+
+Every ratio is measured within one run (same machine load); each timing is the best of
+``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+
+def _best(fn, repeats):
+    best = float("inf")
+    out = None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def bench_gaussian(args):
+    import torch
+
+    from dsflow.ot.gaussian import bures_w2_factors, class_gaussians
+
+    sizes = [(200, 784), (500, 784), (500, 3072)] if not args.quick else [(50, 196), (100, 196)]
+    if args.sizes:
+        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    rows = []
+    for n_per, d in sizes:
+        g = torch.Generator().manual_seed(0)
+        k = 10
+        xs = torch.rand(k * n_per, d, generator=g)
+        xt = torch.rand(k * n_per, d, generator=g) * 0.9
+        y = torch.arange(k * n_per) % k
+        res = {"n_per_class": n_per, "d": d, "classes": f"{k}+{k}"}
+        vals = {}
+        for method in ("full", "lowrank", "auto"):
+            def run():
+                x = xs.clone().requires_grad_()
+                s = class_gaussians(x, y)
+                t = class_gaussians(xt, y)
+                W = bures_w2_factors(s.means, s.factors, t.means, t.factors, method=method)
+                W.sum().backward()
+                return W.detach()
+            reps = 1 if (method == "full" and d > 1000) else args.repeats
+            res[method + "_s"], vals[method] = _best(run, reps)
+        res["speedup_lowrank_vs_full"] = res["full_s"] / res["lowrank_s"]
+        res["auto_vs_best"] = res["auto_s"] / min(res["full_s"], res["lowrank_s"])
+        res["max_rel_diff_full_lowrank"] = float((vals["full"] - vals["lowrank"]).abs().max() / vals["full"].abs().max())
+        rows.append(res)
+        print(json.dumps(res))
+    return rows
+
+
+def bench_otdd(args):
+    import torch
+    from geomloss import SamplesLoss
+
+    from dsflow.data.container import LabeledData
+    from dsflow.ot import otdd
+    from dsflow.ot.costs import sqdist
+    from dsflow.ot.sinkhorn import epsilon_schedule
+
+    n, d, k = (2000, 784, 10) if not args.quick else (500, 196, 10)
+    g = torch.Generator().manual_seed(0)
+    # image-like data: class templates plus pixel noise in [0, 1]
+    templates = torch.rand(k, d, generator=g)
+    y = torch.arange(n) % k
+    xs = (templates[y] + 0.3 * torch.randn(n, d, generator=g)).clamp(0, 1)
+    xt = (templates[torch.randperm(k, generator=g)][y] + 0.3 * torch.randn(n, d, generator=g)).clamp(0, 1)
+    entreg = args.entreg
+    blur = (entreg / 2) ** 0.5  # geomloss p=2 cost is |x-y|^2/2
+    out = {"n": n, "m": n, "d": d, "classes": k, "entreg": entreg, "geomloss_blur": blur}
+
+    def ours():
+        x = xs.clone().requires_grad_()
+        r = otdd(LabeledData(x, y), LabeledData(xt, y), inner="gaussian", outer="sinkhorn", entreg=entreg)
+        r.cost.backward()
+        return r
+
+    def geomloss_default():
+        x = xs.clone().requires_grad_()
+        v = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.5, debias=True, backend="tensorized")(x, xt)
+        v.backward()
+        return v
+
+    # floor: one squared cost matrix plus the log-domain passes geomloss makes at that blur
+    levels = len(epsilon_schedule(float(sqdist(xs, xt).max()), entreg, 0.5))
+
+    def floor():
+        x = xs.clone().requires_grad_()
+        C = sqdist(x, xt)
+        h = torch.zeros(n)
+        with torch.no_grad():
+            for _ in range(levels):
+                h = torch.logsumexp(h[None, :] - C / entreg, dim=1)
+        v = torch.logsumexp(h[None, :] - C / entreg, dim=1).mean()
+        v.backward()
+        return v
+
+    out["ours_s"], r = _best(ours, args.repeats)
+    out["ours_iterations"] = r.info.get("iterations")
+    out["ours_schedule_steps"] = r.info.get("schedule_steps")
+    out["ours_timings"] = r.timings
+    out["geomloss_s"], gv = _best(geomloss_default, args.repeats)
+    out["floor_s"], _ = _best(floor, args.repeats)
+    out["floor_levels"] = levels
+    out["ratio_to_geomloss"] = out["ours_s"] / out["geomloss_s"]
+    out["ratio_to_floor"] = out["ours_s"] / out["floor_s"]
+    # values: ours converged vs geomloss (feature-only comparison needs inner='none')
+    x = xs.clone()
+    feat = otdd(LabeledData(x, y), LabeledData(xt, y), inner="none", entreg=entreg)
+    out["feature_only_ours"] = float(feat.cost)
+    out["feature_only_geomloss_x2"] = 2 * float(gv)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["gaussian", "otdd", "all"])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--entreg", type=float, default=0.1)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--sizes", default="", help="e.g. 200x784,500x3072 (n_per_class x d)")
+    args = ap.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}))
+    if args.what in ("gaussian", "all"):
+        bench_gaussian(args)
+    if args.what in ("otdd", "all"):
+        bench_otdd(args)
+
+
+if __name__ == "__main__":
+    main()

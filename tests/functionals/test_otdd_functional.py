@@ -1,0 +1,144 @@
+"""The OTDD functional: agreement with `otdd()`, label representations, caches, warm starts."""
+
+import pytest
+import torch
+
+from dsflow.data.container import LabeledData
+from dsflow.flow.state import ParticleState
+from dsflow.functionals import OTDD
+from dsflow.ot import class_gaussians, otdd
+
+
+def _data(n, d, k, seed, shift=0.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % k
+    x = torch.randn(n, d, dtype=dtype, generator=g) + shift + 0.5 * y[:, None].to(dtype)
+    return LabeledData(x, y)
+
+
+def test_fd_value_equals_otdd_cost_and_gradient_is_feature_only():
+    src, tgt = _data(15, 2, 3, 0), _data(14, 2, 4, 1, shift=1.0)
+    F = OTDD(entreg=0.2, tol=1e-9).bind(target=tgt)
+    x = src.x.clone().requires_grad_()
+    v = F(ParticleState(x=x, y=src.y))
+    ref = otdd(src, tgt, entreg=0.2, tol=1e-9).cost
+    assert abs(float(v.detach()) - float(ref)) <= 1e-7 * float(ref)
+    (g,) = torch.autograd.grad(v, x)
+    # label_grad=False: the statistics are detached, so the gradient is that of OT with the
+    # label-distance matrices held fixed (finite differences on x with W frozen)
+    from dsflow.ot.labels import label_distances
+    from dsflow.ot.gaussian import class_index
+    from dsflow.ot.outer import augmented_ot
+
+    LD = label_distances(src.x, src.y, tgt.x, tgt.y, blocks=("st", "ss", "tt"))
+    xs = src.x.clone().requires_grad_()
+
+    def frozen(u):
+        return augmented_ot(u, class_index(src.y)[1], tgt.x, class_index(tgt.y)[1], LD.st, LD.ss, LD.tt,
+                            entreg=0.2, tol=1e-12, max_iter=100000).value
+
+    assert torch.autograd.gradcheck(frozen, (xs,), eps=1e-6, atol=1e-5, rtol=1e-4)
+    (g_ref,) = torch.autograd.grad(frozen(xs), xs)
+    assert torch.allclose(g, g_ref, atol=1e-6, rtol=1e-4)
+
+
+def test_label_grad_true_matches_full_otdd_gradient():
+    src, tgt = _data(30, 2, 2, 2), _data(30, 2, 3, 3, shift=0.5)
+    F = OTDD(entreg=0.3, tol=1e-10, label_grad=True, target=tgt)
+    x = src.x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(F(ParticleState(x=x, y=src.y)), x)
+    x2 = src.x.clone().requires_grad_()
+    (g2,) = torch.autograd.grad(otdd(LabeledData(x2, src.y), tgt, entreg=0.3, tol=1e-10).cost, x2)
+    assert torch.allclose(g, g2, atol=1e-8, rtol=1e-6)
+
+
+def test_joint_driven_gradients_match_finite_differences():
+    src, tgt = _data(12, 2, 2, 4), _data(12, 2, 3, 5, shift=0.5)
+    st = class_gaussians(src.x, src.y)
+    means = st.means.clone().requires_grad_()
+    factors = st.factors.clone().requires_grad_()
+    x = src.x.clone().requires_grad_()
+    F = OTDD(entreg=0.5, tol=1e-12, max_iter=100000, target=tgt)
+
+    def f(x_, m_, F_):
+        return F(ParticleState(x=x_, y=src.y, label_means=m_, label_factors=F_, label_index=src.y))
+
+    # joint-driven with per-class rows equals fd with label_grad when rows are the class fits
+    fd = OTDD(entreg=0.5, tol=1e-12, max_iter=100000, label_grad=True, target=tgt)
+    assert abs(float(f(x, means, factors)) - float(fd(ParticleState(x=x, y=src.y)))) < 1e-9
+    assert torch.autograd.gradcheck(f, (x, means, factors), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_jd_vl_one_gaussian_per_particle():
+    src, tgt = _data(10, 2, 2, 6), _data(10, 2, 2, 7)
+    st = class_gaussians(src.x, src.y)
+    means = st.means[src.y].clone().requires_grad_()
+    factors = st.factors[src.y].clone().requires_grad_()
+    F = OTDD(entreg=0.5, target=tgt)
+    v = F(ParticleState(x=src.x, y=src.y, label_means=means, label_factors=factors, label_index=torch.arange(10)))
+    gm, gf = torch.autograd.grad(v, (means, factors))
+    assert torch.isfinite(gm).all() and torch.isfinite(gf).all() and float(gm.abs().sum()) > 0
+
+
+def test_warm_start_saves_iterations_with_same_value_and_reset():
+    src, tgt = _data(120, 3, 3, 8, dtype=torch.float32), _data(110, 3, 3, 9, shift=0.3, dtype=torch.float32)
+    warm = OTDD(entreg=0.05, tol=1e-4, target=tgt)
+    cold = OTDD(entreg=0.05, tol=1e-4, warm_start=False, target=tgt)
+    x = src.x.clone()
+    warm(ParticleState(x=x, y=src.y))
+    x2 = x + 0.002 * torch.randn_like(x)
+    vw = warm(ParticleState(x=x2, y=src.y))
+    vc = cold(ParticleState(x=x2, y=src.y))
+    iw = warm.last_info["iterations"] + warm.last_info["schedule_steps"]
+    ic = cold.last_info["iterations"] + cold.last_info["schedule_steps"]
+    assert warm.last_info["warm"] and not cold.last_info["warm"]
+    assert iw < ic
+    assert abs(float(vw) - float(vc)) <= 1e-4 * abs(float(vc))
+    warm.reset()
+    warm(ParticleState(x=x2, y=src.y))
+    assert not warm.last_info["warm"]
+
+
+def test_target_caches_and_errors():
+    tgt = _data(20, 2, 2, 10)
+    F = OTDD(entreg=0.3)
+    with pytest.raises(RuntimeError, match="bind"):
+        F(ParticleState(x=tgt.x, y=tgt.y))
+    F.bind(target=tgt)
+    v = F(ParticleState(x=tgt.x.clone(), y=tgt.y))
+    assert abs(float(v)) < 1e-6  # debiased: flowing the target itself costs nothing
+    assert len(F._target_cache) == 1
+    F(ParticleState(x=tgt.x.float(), y=tgt.y))  # another dtype: its own cache entry
+    assert len(F._target_cache) == 2
+    with pytest.raises(ValueError, match="inner"):
+        OTDD(inner="bures")
+    with pytest.raises(ValueError, match="p=2"):
+        OTDD(inner="gaussian", p=1)
+    with pytest.raises(TypeError, match="LabeledData"):
+        OTDD().bind(target=tgt.x)
+    ex = OTDD(inner="exact", target=tgt)
+    st = class_gaussians(tgt.x, tgt.y)
+    with pytest.raises(ValueError, match="joint-driven"):
+        ex(ParticleState(x=tgt.x, y=tgt.y, label_means=st.means, label_factors=st.factors, label_index=tgt.y))
+
+
+@pytest.mark.parametrize("inner,outer", [("exact", "sinkhorn"), ("means", "sinkhorn_biased"), ("none", "exact")])
+def test_other_label_models_agree_with_otdd(inner, outer):
+    src, tgt = _data(24, 2, 2, 11), _data(20, 2, 2, 12, shift=0.4)
+    F = OTDD(inner=inner, outer=outer, entreg=0.3, tol=1e-9, target=tgt)
+    v = F(ParticleState(x=src.x, y=src.y))
+    ref = otdd(src, tgt, inner=inner, outer=outer, entreg=0.3, tol=1e-9).cost
+    assert abs(float(v) - float(ref)) <= 1e-7 * abs(float(ref))
+
+
+def test_hydra_config_instantiates():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+    from hydra.utils import instantiate
+
+    import dsflow
+
+    cfg = OmegaConf.load(Path(dsflow.__file__).parent.parent / "configs" / "functional" / "otdd.yaml")
+    F = instantiate(cfg)
+    assert isinstance(F, OTDD) and F.inner == "gaussian" and F.entreg == 0.1

@@ -1,0 +1,152 @@
+"""Bures-Wasserstein label model against scipy `sqrtm`, finite differences and closed forms."""
+
+import numpy as np
+import pytest
+import scipy.linalg as sla
+import torch
+
+from dsflow.ot.gaussian import (
+    bures_w2,
+    bures_w2_factors,
+    choose_bures_method,
+    class_gaussians,
+    diagonal_bures_w2,
+)
+
+
+def _scipy_bures(m1, S1, m2, S2):
+    r = sla.sqrtm(S1)
+    cross = sla.sqrtm(r @ S2 @ r).real
+    return float(((m1 - m2) ** 2).sum() + np.trace(S1) + np.trace(S2) - 2 * np.trace(cross))
+
+
+def _random_factors(k, d, r, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(k, d, dtype=dtype, generator=g), torch.randn(k, d, r, dtype=dtype, generator=g) / r**0.5
+
+
+@pytest.mark.parametrize("method", ["lowrank", "full", "auto"])
+@pytest.mark.parametrize("r1,r2", [(3, 7), (8, 8), (12, 4)])  # low rank, full rank, mixed (d = 6)
+def test_bures_factors_match_scipy_sqrtm(method, r1, r2):
+    m1, F1 = _random_factors(3, 6, r1, 0)
+    m2, F2 = _random_factors(4, 6, r2, 1)
+    W = bures_w2_factors(m1, F1, m2, F2, method=method).numpy()
+    S1, S2 = (F1 @ F1.mT).numpy(), (F2 @ F2.mT).numpy()
+    ref = np.array([[_scipy_bures(m1[i].numpy(), S1[i], m2[j].numpy(), S2[j]) for j in range(4)] for i in range(3)])
+    # float64 Gram eigenvalues resolve singular values to ~1e-8 relative: 1e-8 on O(10) values
+    np.testing.assert_allclose(W, ref, rtol=1e-8, atol=1e-8)
+    # elementwise mode agrees with the diagonal of the pairwise matrix
+    We = bures_w2_factors(m1, F1, m2[:3], F2[:3], pairwise=False, method=method).numpy()
+    np.testing.assert_allclose(We, np.diag(ref[:, :3]), rtol=1e-8, atol=1e-8)
+
+
+def test_bures_matrix_version_matches_scipy_on_spd():
+    m1, F1 = _random_factors(5, 4, 9, 2)
+    m2, F2 = _random_factors(5, 4, 9, 3)
+    S1, S2 = F1 @ F1.mT, F2 @ F2.mT
+    W = bures_w2(m1, S1, m2, S2).numpy()
+    ref = [_scipy_bures(m1[i].numpy(), S1[i].numpy(), m2[i].numpy(), S2[i].numpy()) for i in range(5)]
+    np.testing.assert_allclose(W, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_lowrank_equals_full_in_high_dimension_float32():
+    # 30 samples per class in 200-d: covariances of rank <= 29
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 200, generator=g)
+    y = torch.arange(120) % 4
+    st = class_gaussians(x, y)
+    lo = bures_w2_factors(st.means, st.factors, st.means, st.factors, method="lowrank")
+    fu = bures_w2_factors(st.means, st.factors, st.means, st.factors, method="full")
+    assert choose_bures_method(200, 30, 30, 4, 4) == "lowrank"
+    assert choose_bures_method(2, 500, 500, 4, 4) == "full"
+    scale = float(lo.abs().max())
+    assert float((lo - fu).abs().max()) <= 1e-4 * scale
+    # identical Gaussians: 0 up to float32 round-off of a trace of size ~scale
+    assert float(lo.diagonal().abs().max()) <= 1e-5 * scale
+
+
+def test_zero_for_identical_and_translation_for_shift():
+    m, F = _random_factors(2, 5, 3, 4)
+    W = bures_w2_factors(m, F, m + 1.5, F, pairwise=False)
+    np.testing.assert_allclose(W.numpy(), 5 * 1.5**2, rtol=1e-9)
+    W0 = bures_w2_factors(m, F, m, F, pairwise=False)
+    assert float(W0.abs().max()) < 1e-10
+
+
+@pytest.mark.parametrize("method", ["lowrank", "full"])
+def test_gradients_match_finite_differences(method):
+    m1, F1 = _random_factors(2, 5, 3, 5)
+    m2, F2 = _random_factors(3, 5, 7, 6)
+    args = tuple(t.clone().requires_grad_() for t in (m1, F1, m2, F2))
+    weights = torch.randn(2, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, d: (bures_w2_factors(a, b, c, d, method=method) * weights).sum(), args, eps=1e-6, atol=1e-5
+    )
+
+
+def test_ridge_matches_scipy_with_shrunk_covariances():
+    m1, F1 = _random_factors(2, 4, 2, 7)
+    m2, F2 = _random_factors(2, 4, 3, 8)
+    W = bures_w2_factors(m1, F1, m2, F2, ridge=0.3).numpy()
+    I = 0.3 * np.eye(4)
+    ref = [[_scipy_bures(m1[i].numpy(), (F1[i] @ F1[i].T).numpy() + I, m2[j].numpy(), (F2[j] @ F2[j].T).numpy() + I)
+            for j in range(2)] for i in range(2)]
+    np.testing.assert_allclose(W, ref, rtol=1e-8)
+
+
+def test_diagonal_covariances_closed_form():
+    m1, F1 = _random_factors(2, 4, 5, 9)
+    m2, F2 = _random_factors(3, 4, 5, 10)
+    W = diagonal_bures_w2(m1, F1, m2, F2).numpy()
+    s1 = np.sqrt((F1.numpy() ** 2).sum(-1))
+    s2 = np.sqrt((F2.numpy() ** 2).sum(-1))
+    ref = ((m1.numpy()[:, None] - m2.numpy()[None]) ** 2).sum(-1) + ((s1[:, None] - s2[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(W, ref, rtol=1e-10)
+    # and it is the full Bures distance between the diagonal Gaussians
+    D1 = np.stack([np.diag(s**2) for s in s1])
+    D2 = np.stack([np.diag(s**2) for s in s2])
+    np.testing.assert_allclose(W[0, 1], _scipy_bures(m1[0].numpy(), D1[0], m2[1].numpy(), D2[1]), rtol=1e-8)
+
+
+def test_class_gaussians_match_numpy_and_noncontiguous_labels():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 3, dtype=torch.float64, generator=g)
+    y = torch.tensor([7, 3, 11, 3] * 10)
+    st = class_gaussians(x, y)
+    assert st.classes.tolist() == [3, 7, 11]
+    assert st.counts.tolist() == [20, 10, 10]
+    for row, c in enumerate([3, 7, 11]):
+        xc = x[y == c].numpy()
+        np.testing.assert_allclose(st.means[row].numpy(), xc.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(st.covariances()[row].numpy(), np.cov(xc.T), rtol=1e-10, atol=1e-12)
+
+
+def test_singleton_class_raises_clearly_or_falls_back():
+    x = torch.randn(5, 2)
+    y = torch.tensor([0, 0, 1, 1, 2])
+    with pytest.raises(ValueError, match="single sample"):
+        class_gaussians(x, y)
+    st = class_gaussians(x, y, allow_singletons=True)
+    assert float(st.covariances()[2].abs().max()) == 0.0
+    with pytest.raises(ValueError, match="not in classes"):
+        class_gaussians(x, y, classes=[0, 1])
+
+
+def test_finite_gradients_on_singular_digit_covariances():
+    datasets = pytest.importorskip("sklearn.datasets")
+    X, y = datasets.load_digits(return_X_y=True)
+    x = torch.tensor(X / 16.0, dtype=torch.float32, requires_grad=True)
+    y = torch.tensor(y)
+    st = class_gaussians(x, y)
+    ranks = torch.linalg.matrix_rank(st.covariances().double()).tolist()
+    assert max(ranks) < 64  # constant pixels: every class covariance is singular (ranks 48-54)
+    xt = x.detach().flip(1)  # a different dataset with its own singular covariances
+    tt = class_gaussians(xt, y)
+    for method in ("lowrank", "full"):
+        # lowrank on ~30 samples per class keeps the test fast; full on all 1797 digits
+        sub = slice(0, 300) if method == "lowrank" else slice(None)
+        s1, t1 = class_gaussians(x[sub], y[sub]), class_gaussians(xt[sub], y[sub])
+        W = bures_w2_factors(s1.means, s1.factors, t1.means, t1.factors, method=method)
+        (gx,) = torch.autograd.grad(W.sum(), x, retain_graph=True)
+        assert torch.isfinite(W).all() and torch.isfinite(gx).all()
+        assert float(gx.abs().max()) > 0

@@ -1,0 +1,112 @@
+"""Log-domain Sinkhorn against POT (converged float64 reference) and geomloss."""
+
+import numpy as np
+import pytest
+import torch
+
+from dsflow.ot.costs import sqdist
+from dsflow.ot.sinkhorn import epsilon_schedule, log_sinkhorn
+
+
+def _entropic_reference(C, a, b, eps):
+    """OT_eps with KL(pi | a x b), from POT's log-domain plan run to 1e-13."""
+    import ot
+
+    P = ot.bregman.sinkhorn_log(a, b, C, eps, numItermax=20000, stopThr=1e-11)
+    return float((P * C).sum() + eps * (P * np.log(np.maximum(P, 1e-300) / np.outer(a, b))).sum())
+
+
+def _clouds(n, m, d, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, dtype=dtype, generator=g), torch.randn(m, d, dtype=dtype, generator=g) + 0.5
+
+
+@pytest.mark.parametrize("eps", [0.3, 1.0])
+def test_debiased_value_matches_pot_reference(eps):
+    x, y = _clouds(60, 50, 3, 0)
+    Cxy, Cxx, Cyy = sqdist(x, y), sqdist(x, x), sqdist(y, y)
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(60, dtype=torch.float64, generator=g) + 0.1
+    a = a / a.sum()
+    b = torch.full((50,), 1 / 50, dtype=torch.float64)
+    val, pot = log_sinkhorn(Cxy, a, b, eps=eps, C_xx=Cxx, C_yy=Cyy, debias=True, tol=1e-9, max_iter=100000)
+    an, bn = a.numpy(), b.numpy()
+    ref = (_entropic_reference(Cxy.numpy(), an, bn, eps) - 0.5 * _entropic_reference(Cxx.numpy(), an, an, eps)
+           - 0.5 * _entropic_reference(Cyy.numpy(), bn, bn, eps))
+    assert pot.converged
+    assert abs(float(val) - ref) <= 1e-7 * abs(ref)
+    biased, _ = log_sinkhorn(Cxy, a, b, eps=eps, tol=1e-9, max_iter=100000)
+    assert abs(float(biased) - _entropic_reference(Cxy.numpy(), an, bn, eps)) <= 1e-7 * abs(float(biased))
+
+
+def test_matches_geomloss_with_documented_blur_mapping():
+    from geomloss import SamplesLoss
+
+    x, y = _clouds(200, 150, 4, 1, torch.float64)
+    eps = 2.0
+    # geomloss: cost |x-y|^2/2 and eps = blur^2 -> our eps = 2 blur^2 and our value = 2 x theirs
+    loss = SamplesLoss("sinkhorn", p=2, blur=(eps / 2) ** 0.5, scaling=0.995, debias=True, backend="tensorized")
+    ref = 2 * float(loss(x, y))
+    val, _ = log_sinkhorn(sqdist(x, y), eps=eps, C_xx=sqdist(x, x), C_yy=sqdist(y, y), debias=True, tol=1e-9)
+    assert abs(float(val) - ref) <= 1e-5 * abs(ref)
+
+
+def test_default_tolerance_is_within_one_percent_where_few_scaling_steps_are_not():
+    """The reference implementation's trap: one update per eps level understates the value."""
+    from geomloss import SamplesLoss
+
+    datasets = pytest.importorskip("sklearn.datasets")
+    X, _ = datasets.load_digits(return_X_y=True)
+    X = torch.tensor(X[:800] / 16.0, dtype=torch.float32)
+    x, y = X[:400], X[400:]
+    C = [sqdist(x, y), sqdist(x, x), sqdist(y, y)]
+    conv, _ = log_sinkhorn(*C[:1], eps=0.1, C_xx=C[1], C_yy=C[2], debias=True, tol=1e-6, max_iter=20000)
+    default, pot = log_sinkhorn(*C[:1], eps=0.1, C_xx=C[1], C_yy=C[2], debias=True)
+    assert pot.converged
+    assert abs(float(default) - float(conv)) <= 0.01 * float(conv)
+    under = 2 * float(SamplesLoss("sinkhorn", p=2, blur=0.05**0.5, scaling=0.5, backend="tensorized")(x, y))
+    assert abs(under - float(conv)) > 0.01 * float(conv)  # the default geomloss schedule is not converged
+
+
+def test_warm_start_saves_iterations_and_keeps_value():
+    x, y = _clouds(150, 140, 3, 2, torch.float32)
+    C = lambda u: (sqdist(u, y), sqdist(u, u), sqdist(y, y))  # noqa: E731
+    _, pot = log_sinkhorn(*C(x)[:1], eps=0.05, C_xx=C(x)[1], C_yy=C(x)[2], debias=True, tol=1e-4)
+    x2 = x + 0.003 * torch.randn_like(x)
+    cold, pc = log_sinkhorn(C(x2)[0], eps=0.05, C_xx=C(x2)[1], C_yy=C(x2)[2], debias=True, tol=1e-4)
+    warm, pw = log_sinkhorn(C(x2)[0], eps=0.05, C_xx=C(x2)[1], C_yy=C(x2)[2], debias=True, tol=1e-4, init=pot)
+    assert pw.schedule_steps == 0 and pc.schedule_steps > 0
+    assert pw.iterations + pw.schedule_steps < 0.5 * (pc.iterations + pc.schedule_steps)
+    assert abs(float(warm) - float(cold)) <= 1e-4 * abs(float(cold))
+
+
+def test_envelope_gradient_matches_finite_differences():
+    x, y = _clouds(12, 10, 2, 4)
+    x.requires_grad_(True)
+
+    def f(u):
+        v, _ = log_sinkhorn(sqdist(u, y), eps=0.5, C_xx=sqdist(u, u), C_yy=sqdist(y, y), debias=True, tol=1e-12, max_iter=100000)
+        return v
+
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_padding_with_zero_weights_is_ignored():
+    x, y = _clouds(20, 15, 2, 5)
+    v, _ = log_sinkhorn(sqdist(x, y), eps=0.3, tol=1e-9)
+    xp = torch.cat([x, 100 + torch.randn(5, 2, dtype=x.dtype)])
+    a = torch.cat([torch.full((20,), 1 / 20, dtype=x.dtype), torch.zeros(5, dtype=x.dtype)])
+    vp, _ = log_sinkhorn(sqdist(xp, y), a, None, eps=0.3, tol=1e-9)
+    assert abs(float(v) - float(vp)) <= 1e-9 * abs(float(v))
+
+
+def test_schedule_and_bad_input():
+    s = epsilon_schedule(10.0, 0.1, 0.5)
+    assert s[0] == 10.0 and s[-1] == 0.1 and all(b < a for a, b in zip(s, s[1:]))
+    with pytest.raises(ValueError, match="scaling"):
+        epsilon_schedule(10.0, 0.1, 1.5)
+    x, y = _clouds(5, 4, 2, 6)
+    with pytest.raises(ValueError, match="eps"):
+        log_sinkhorn(sqdist(x, y), eps=0.0)
+    with pytest.raises(ValueError, match="debias"):
+        log_sinkhorn(sqdist(x, y), eps=0.1, debias=True)
