@@ -94,16 +94,19 @@ def check_same_feature_space(source, target) -> None:
     def shape(data):
         return f"d={data.d}" + (f", image {'x'.join(map(str, data.image_shape))}" if data.image_shape else "")
 
-    hint = (
-        "Make them match with a transform, e.g. "
-        f"'source.transform=[{{name: resize, size: ...}}]' (or target.transform=...)"
-    )
     if source.is_image and target.is_image:
         c, h, w = target.image_shape
         hint = (
-            "Resize one side to the other's image shape, e.g. "
-            f"'source.transform=[{{name: resize, size: [{h}, {w}]}}]'"
-            + (f" (and matching channels: {c})" if source.image_shape[0] != c else "")
+            "Resize one side to the other's image size, e.g. "
+            f"'source.transform=[{{name: resize, size: [{h}, {w}]}}]' (the digits and torchvision "
+            f"loaders also take source.resize={h})"
+            + (f", and give it {c} channel(s) with source.channels={c}" if source.image_shape[0] != c else "")
+        )
+    else:
+        hint = (
+            "Pick datasets of the same dimension (e.g. source.dim=... for gaussians) or bring both "
+            "to one feature space first (image data: the resize transform, "
+            "'source.transform=[{name: resize, size: [H, W]}]')"
         )
     raise ValueError(
         f"source {source.name!r} ({shape(source)}) and target {target.name!r} ({shape(target)}) "

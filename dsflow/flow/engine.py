@@ -306,8 +306,6 @@ def _set_rng_states(states: dict, noise_gen) -> None:
 
 def _restore_state(state: ParticleState, saved: dict) -> None:
     """Copy checkpointed tensors into ``state`` (fresh leaves for the moving tensors)."""
-    import torch
-
     for key, value in saved["tensors"].items():
         current = getattr(state, key)
         if current is None or tuple(current.shape) != tuple(value.shape):

@@ -48,18 +48,33 @@ def _classifier(oracle, source, target, mode):
     return ComposedClassifier(oracle, corr), corr
 
 
+def _true_labels(ctx):
+    """The source's TRUE labels (pseudo-labelled runs keep them apart from the flow's labels)."""
+    true_y = getattr(ctx, "source_true_y", None)
+    if true_y is None:
+        true_y = ctx.source.meta.get("true_y") if isinstance(ctx.source.meta, dict) else None
+    return (ctx.source.y if true_y is None else true_y).detach()
+
+
 def oracle_stage(ctx) -> None:
     """The extension stage: see the module docstring."""
+    import time
+
     from hydra.utils import instantiate
 
-    from dsflow.oracle.evaluation import OracleMonitor, evaluate
+    from dsflow.oracle.evaluation import OracleMonitor, evaluate, predict
+    from dsflow.oracle.pipeline import format_table, plot_repurposing, pushforward_report, source_label_mode
 
     cfg = ctx.cfg.oracle
     oracle = instantiate(cfg).to(ctx.device)
     mode = cfg.get("correspondence", "auto")
-    classifier, corr = _classifier(oracle, ctx.source, ctx.target, mode)
+    pseudo = source_label_mode(ctx.cfg.get("source_labels", True)) == "pseudo"
+    true_y = _true_labels(ctx).to(ctx.source.y.device)
+    # the correspondence maps the oracle's classes to the classes we are scored on: the TRUE
+    # labels (for pseudo-labelled runs too: the flow itself never sees them)
+    labelled_source = ctx.source.with_(y=true_y)
+    classifier, corr = _classifier(oracle, labelled_source, ctx.target, mode)
     every = int(cfg.get("eval_every") or 10)
-    true_y = ctx.source.y.detach()
     monitor = OracleMonitor(classifier, every=every, labels=true_y, final_step=int(ctx.cfg.steps))
     before = monitor.evaluate_state(ctx.state, 0)
     ctx.callbacks.append(monitor)
@@ -69,35 +84,62 @@ def oracle_stage(ctx) -> None:
         oracle_checkpoint=getattr(oracle, "checkpoint_path", None),
         oracle_val_accuracy=meta.get("val_accuracy"),
         oracle_accuracy_before=before.accuracy,
+        accuracy_before=before.accuracy,
         oracle_correspondence=None if corr is None else corr.class_map(),
     )
+    if pseudo:
+        from dsflow.oracle.pseudo_labels import idealized_cluster_accuracy
+
+        raw = predict(oracle, ctx.source.x.detach())
+        ctx.summary["accuracy_ideal_matching_before"] = idealized_cluster_accuracy(raw, true_y.cpu())[0]
     log.info("oracle accuracy before the flow: %.4f", before.accuracy)
 
     def after(ctx) -> None:
         flowed = ctx.flowed
+        labelled_flowed = flowed.with_(y=true_y.to(flowed.y.device))
         classifier_after, corr_after = (classifier, corr)
         if corr is not None:
-            classifier_after, corr_after = _classifier(oracle, flowed, ctx.target, mode)
+            classifier_after, corr_after = _classifier(oracle, labelled_flowed, ctx.target, mode)
         ev = evaluate(classifier_after, flowed.x, true_y.to(flowed.x.device))
         ctx.summary.update(
             oracle_accuracy_after=ev.accuracy,
+            accuracy_after=ev.accuracy,
             oracle_per_class_accuracy_after={str(k): v for k, v in ev.per_class_accuracy.items()},
             oracle_accuracy_history={"step": monitor.history["step"], "accuracy": monitor.history["accuracy"]},
         )
         if corr_after is not None:
             ctx.summary["oracle_correspondence_after"] = corr_after.class_map()
+        if pseudo:
+            from dsflow.oracle.pseudo_labels import idealized_cluster_accuracy
+
+            # IDEALISED (paper appendix C): the oracle's predicted classes matched one-to-one to
+            # the TRUE labels by the Hungarian algorithm on the confusion matrix
+            raw = predict(oracle, flowed.x.detach())
+            ctx.summary["accuracy_ideal_matching"] = idealized_cluster_accuracy(raw, true_y.cpu())[0]
+        pf_cfg = ctx.cfg.get("pushforward") or {}
+        if bool(pf_cfg.get("enabled", False)):
+            pushforward_report(ctx, classifier_after)
+        ctx.summary["wall_time"] = time.perf_counter() - ctx.started
         log.info("oracle accuracy after the flow: %.4f (before: %.4f)", ev.accuracy, before.accuracy)
+        log.info("%s -> %s, oracle %s, source labels: %s\n%s", ctx.source.name, ctx.target.name,
+                 ctx.summary["oracle"], "pseudo" if pseudo else "true", format_table(ctx.summary))
         if ctx.cfg.get("plot", True):
             from dsflow.plotting.oracle import plot_accuracy_curve, plot_confusion_matrix, plot_objective_vs_accuracy
 
             out = ctx.run_dir
-            names = [ctx.source.class_name(c) for c in ev.true_classes]
+            names = [ctx.source.class_name(c) for c in ev.true_classes] if not pseudo else None
+            ctx.images["oracle_confusion_before"] = out / "oracle_confusion_before.png"
+            plot_confusion_matrix(before, true_names=names, title=f"before the flow: accuracy {before.accuracy:.3f}",
+                                  path=ctx.images["oracle_confusion_before"])
             ctx.images["oracle_confusion"] = out / "oracle_confusion.png"
-            plot_confusion_matrix(ev, true_names=names, path=ctx.images["oracle_confusion"])
+            plot_confusion_matrix(ev, true_names=names, title=f"after the flow: accuracy {ev.accuracy:.3f}", path=ctx.images["oracle_confusion"])
             ctx.images["oracle_accuracy"] = out / "oracle_accuracy.png"
             plot_accuracy_curve(monitor.history, path=ctx.images["oracle_accuracy"])
             if any(o is not None for o in monitor.history["objective"]):
                 ctx.images["oracle_objective_vs_accuracy"] = out / "oracle_objective_vs_accuracy.png"
                 plot_objective_vs_accuracy(monitor.history, path=ctx.images["oracle_objective_vs_accuracy"])
+            ctx.images["repurposing"] = plot_repurposing(
+                ctx.summary, monitor.history, out / "repurposing.png",
+                title=f"{ctx.source.name} -> {ctx.target.name} ({'pseudo' if pseudo else 'true'} labels)")
 
     ctx.after_flow.append(after)

@@ -1,7 +1,6 @@
 """The particle loop: resume, NaN guard, early stopping, box, clipping, schedules,
 trajectories, noise, callbacks."""
 
-import functools
 import json
 import math
 
@@ -135,7 +134,7 @@ def test_callbacks_receive_records_and_can_stop():
 # ----------------------------------------------------------------------------- box, clip
 def test_box_projection():
     st, dyn = fd_state()
-    res = run_flow(st, quadratic(center=(5.0, -5.0)), dyn, sgd(5.0), steps=30, box=[-1.0, 1.0], progress=False)
+    run_flow(st, quadratic(center=(5.0, -5.0)), dyn, sgd(5.0), steps=30, box=[-1.0, 1.0], progress=False)
     x = st.x.detach()
     assert x.min() >= -1.0 and x.max() <= 1.0
     assert torch.allclose(x, torch.tensor([1.0, -1.0]).expand_as(x))  # the box corner nearest (5, -5)

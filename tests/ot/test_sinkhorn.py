@@ -12,7 +12,7 @@ def _entropic_reference(C, a, b, eps):
     """OT_eps with KL(pi | a x b), from POT's log-domain plan run to 1e-13."""
     import ot
 
-    P = ot.bregman.sinkhorn_log(a, b, C, eps, numItermax=20000, stopThr=1e-11)
+    P = ot.bregman.sinkhorn_log(a, b, C, eps, numItermax=5000, stopThr=1e-10)
     return float((P * C).sum() + eps * (P * np.log(np.maximum(P, 1e-300) / np.outer(a, b))).sum())
 
 
@@ -21,14 +21,14 @@ def _clouds(n, m, d, seed, dtype=torch.float64):
     return torch.randn(n, d, dtype=dtype, generator=g), torch.randn(m, d, dtype=dtype, generator=g) + 0.5
 
 
-@pytest.mark.parametrize("eps", [0.3, 1.0])
+@pytest.mark.parametrize("eps", [pytest.param(0.3, marks=pytest.mark.slow), 1.0])  # POT needs ~15 s at 0.3
 def test_debiased_value_matches_pot_reference(eps):
-    x, y = _clouds(60, 50, 3, 0)
+    x, y = _clouds(40, 30, 3, 0)
     Cxy, Cxx, Cyy = sqdist(x, y), sqdist(x, x), sqdist(y, y)
     g = torch.Generator().manual_seed(3)
-    a = torch.rand(60, dtype=torch.float64, generator=g) + 0.1
+    a = torch.rand(40, dtype=torch.float64, generator=g) + 0.1
     a = a / a.sum()
-    b = torch.full((50,), 1 / 50, dtype=torch.float64)
+    b = torch.full((30,), 1 / 30, dtype=torch.float64)
     val, pot = log_sinkhorn(Cxy, a, b, eps=eps, C_xx=Cxx, C_yy=Cyy, debias=True, tol=1e-9, max_iter=100000)
     an, bn = a.numpy(), b.numpy()
     ref = (_entropic_reference(Cxy.numpy(), an, bn, eps) - 0.5 * _entropic_reference(Cxx.numpy(), an, an, eps)
@@ -42,7 +42,7 @@ def test_debiased_value_matches_pot_reference(eps):
 def test_matches_geomloss_with_documented_blur_mapping():
     from geomloss import SamplesLoss
 
-    x, y = _clouds(200, 150, 4, 1, torch.float64)
+    x, y = _clouds(80, 60, 3, 1, torch.float64)
     eps = 2.0
     # geomloss: cost |x-y|^2/2 and eps = blur^2 -> our eps = 2 blur^2 and our value = 2 x theirs
     loss = SamplesLoss("sinkhorn", p=2, blur=(eps / 2) ** 0.5, scaling=0.995, debias=True, backend="tensorized")
@@ -57,8 +57,8 @@ def test_default_tolerance_is_within_one_percent_where_few_scaling_steps_are_not
 
     datasets = pytest.importorskip("sklearn.datasets")
     X, _ = datasets.load_digits(return_X_y=True)
-    X = torch.tensor(X[:800] / 16.0, dtype=torch.float32)
-    x, y = X[:400], X[400:]
+    X = torch.tensor(X[:600] / 16.0, dtype=torch.float32)
+    x, y = X[:300], X[300:]
     C = [sqdist(x, y), sqdist(x, x), sqdist(y, y)]
     conv, _ = log_sinkhorn(*C[:1], eps=0.1, C_xx=C[1], C_yy=C[2], debias=True, tol=1e-6, max_iter=20000)
     default, pot = log_sinkhorn(*C[:1], eps=0.1, C_xx=C[1], C_yy=C[2], debias=True)
