@@ -3,13 +3,16 @@
 `run(cfg)` executes a list of *stages*, each a function ``stage(ctx: RunContext)`` that
 reads and fills the shared `RunContext`:
 
-``setup`` (seed, device, dtype) -> ``load_data`` (source, target, checks) -> ``build``
+``setup`` (seed, device, dtype) -> ``load_data`` (source, target, checks) ->
+``prepare_source`` (hold-out split, pseudo-labels: `dsflow.oracle.pipeline`) -> ``build``
 (objective, dynamics, optimizer, particles) -> ``extension`` (``oracle.stage`` from the
 config, if any) -> ``flow`` (the particle loop with metric/progress callbacks) -> ``save``
 (``flowed.npz``) -> ``after_flow`` hooks -> ``plots``.
 
 An extension stage (e.g. the oracle's) may append flow callbacks ``(step, record, state)``
-to ``ctx.callbacks``, functions ``fn(ctx)`` to ``ctx.after_flow`` (run once the flowed data
+to ``ctx.callbacks`` (called before the metrics logger, so what they write into the
+record, e.g. the oracle's ``accuracy``, reaches ``metrics.jsonl``), functions ``fn(ctx)`` to
+``ctx.after_flow`` (run once the flowed data
 is saved), and figures to ``ctx.images``; whatever it puts in ``ctx.summary`` lands in
 ``summary.json``.
 
@@ -175,6 +178,9 @@ class RunContext:
     files: dict = field(default_factory=dict)  # output name -> path
     summary: dict = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    holdout: Any = None  # LabeledData kept out of the flow (``holdout``), for the push-forward map
+    source_true_y: Any = None  # the source's true labels (differ from source.y with pseudo-labels)
+    pushforward: Any = None  # fitted push-forward map (``pushforward.enabled``)
 
 
 Stage = Callable[[RunContext], None]
@@ -214,6 +220,15 @@ def stage_load_data(ctx: RunContext) -> None:
         source=describe_data(ctx.source), target=describe_data(ctx.target),
     )
     log.info("source %s | target %s", ctx.source, ctx.target)
+
+
+def stage_prepare_source(ctx: RunContext) -> None:
+    """Hold out part of the source (``holdout``) and, with ``source_labels=pseudo``, replace
+    its labels by aligned k-means pseudo-labels before the particles are built (the true
+    labels stay in ``ctx.source_true_y`` for evaluation).  See `dsflow.oracle.pipeline`."""
+    from dsflow.oracle.pipeline import stage_prepare_source as prepare
+
+    prepare(ctx)
 
 
 def stage_build(ctx: RunContext) -> None:
@@ -311,7 +326,7 @@ def stage_flow(ctx: RunContext) -> None:
     steps = int(ctx.cfg.steps)
     try:
         ctx.result = run_flow(ctx.state, ctx.objective, ctx.dynamics, ctx.optimizer, steps=steps,
-                              callbacks=[_MetricsCallback(ctx), *ctx.callbacks], **flow_options(ctx))
+                              callbacks=[*ctx.callbacks, _MetricsCallback(ctx)], **flow_options(ctx))
     except FlowDivergedError as exc:
         history = exc.history or ctx.records
         ctx.summary.update(diverged_at_step=exc.step, diverged_part=exc.part, steps_done=len(history))
@@ -379,6 +394,7 @@ def stage_plots(ctx: RunContext) -> None:
 DEFAULT_STAGES: tuple[Stage, ...] = (
     stage_setup,
     stage_load_data,
+    stage_prepare_source,
     stage_build,
     stage_extension,
     stage_flow,
@@ -433,6 +449,7 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
             raise
         finally:
             ctx.summary["wall_time_s"] = time.perf_counter() - start
+            ctx.summary["wall_time"] = ctx.summary["wall_time_s"]  # the key dsflow-report reads
             ctx.summary["files"] = {
                 **{k: Path(p).name for k, p in ctx.files.items()},
                 **{k: Path(p).name for k, p in ctx.images.items()},

@@ -79,12 +79,14 @@ def holdout_split(y, holdout, seed: int = 0):
 
 
 def pseudo_label_source(source, target, *, k=None, alignment: str = "hungarian", cost: str = "means",
-                        n_init: int = 10, seed: int = 0) -> tuple[Any, dict]:
+                        n_init: int = 10, seed: int = 0, min_cluster_size: int = 2) -> tuple[Any, dict]:
     """Pseudo-label ``source`` for an unsupervised flow toward ``target`` (paper 6.3).
 
     Returns the relabelled copy (true labels in ``meta["true_y"]``, clusters in
     ``meta["clusters"]``) and facts for the summary: ``k``, the alignment used, the cluster
-    -> class mapping, and ``cluster_accuracy_ideal`` (the clusters' agreement with the true
+    -> class mapping, the clusters smaller than ``min_cluster_size`` that were merged into
+    their nearest cluster (the OTDD's Gaussian label distances need two samples per class),
+    and ``cluster_accuracy_ideal`` (the clusters' agreement with the true
     labels under the best one-to-one matching: an upper bound computed WITH true labels).
     """
     import torch
@@ -101,7 +103,8 @@ def pseudo_label_source(source, target, *, k=None, alignment: str = "hungarian",
         raise ValueError(f"pseudo_labels.k={k} clusters but only {source.n} source samples are flowed; "
                          "lower pseudo_labels.k or use more samples")
     true_y = source.y.detach().cpu()
-    clusters = kmeans_pseudo_labels(source.x, k, seed=seed, n_init=n_init).labels
+    found = kmeans_pseudo_labels(source.x, k, seed=seed, n_init=n_init)
+    clusters, merged = merge_small_clusters(source.x.detach().cpu(), found.labels, found.centers, min_cluster_size)
     ideal_accuracy, ideal_map = idealized_cluster_accuracy(clusters, true_y)
     if alignment == "ideal":  # paper appendix C: clusters take the value of their best-matching TRUE label
         lookup = torch.full((k,), -1, dtype=torch.long)
@@ -122,8 +125,31 @@ def pseudo_label_source(source, target, *, k=None, alignment: str = "hungarian",
         "cluster_to_class": {str(c): int(v) for c, v in mapping.items()},
         "cluster_accuracy_ideal": ideal_accuracy,
         "classes_used": int(torch.unique(labels).numel()),
+        "merged_clusters": merged,
     }
     return relabelled, info
+
+
+def merge_small_clusters(x, clusters, centers, min_size: int = 2):
+    """Move the samples of clusters with fewer than ``min_size`` members to the nearest
+    remaining cluster centre.  Returns ``(clusters, merged cluster ids)``; ids are kept."""
+    import torch
+
+    clusters = torch.as_tensor(clusters).long()
+    counts = torch.bincount(clusters, minlength=centers.shape[0])
+    small = (counts > 0) & (counts < int(min_size))
+    keep = counts >= int(min_size)
+    if not bool(small.any()):
+        return clusters, []
+    if not bool(keep.any()):
+        raise ValueError(f"pseudo-labels: every k-means cluster has fewer than {min_size} samples; "
+                         "lower pseudo_labels.k or flow more samples")
+    kept_ids = torch.nonzero(keep).flatten()
+    moving = small[clusters]
+    nearest = torch.cdist(x[moving].double(), centers[kept_ids].double()).argmin(1)
+    clusters = clusters.clone()
+    clusters[moving] = kept_ids[nearest]
+    return clusters, torch.nonzero(small).flatten().tolist()
 
 
 def stage_prepare_source(ctx) -> None:
@@ -151,7 +177,7 @@ def stage_prepare_source(ctx) -> None:
         source, info = pseudo_label_source(
             source, ctx.target, k=_get(options, "k"), alignment=_get(options, "alignment", "hungarian"),
             cost=_get(options, "cost", "means"), n_init=int(_get(options, "n_init", 10)),
-            seed=int(cfg.get("seed", 0)),
+            seed=int(cfg.get("seed", 0)), min_cluster_size=int(_get(options, "min_cluster_size", 2)),
         )
         info["time_s"] = time.perf_counter() - started
         ctx.summary["pseudo_labels"] = info

@@ -7,16 +7,27 @@ Runs between building the particles and the flow (see `dsflow.app`):
    when asked (``true``), composes it with a class-correspondence layer computed from the
    OTDD label distances between the source and the flow's target (paper section 6.4);
 3. evaluates the oracle on the source before the flow and appends an `OracleMonitor`
-   (every ``eval_every`` steps) to the flow callbacks;
+   (every ``eval_every`` steps; with a correspondence, recomputed on the particles at each
+   evaluation) to the flow callbacks, so ``accuracy`` lands in ``metrics.jsonl``;
 4. after the flow: evaluates on the flowed data (recomputing the correspondence on the
-   flowed particles), writes accuracies to the summary and confusion / accuracy plots.
+   flowed particles), writes ``accuracy_before/after`` (and ``oracle_*`` details) to the
+   summary; pseudo-labelled runs also get ``accuracy_ideal_matching`` (IDEALISED: the raw
+   predictions matched to the true labels, paper appendix C); with ``pushforward.enabled``
+   fits the push-forward map and reports ``accuracy_pushforward`` on the held-out source
+   (`dsflow.oracle.pipeline.pushforward_report`); logs a short table and draws confusion
+   matrices before/after, the accuracy curve (fig. 6), objective vs accuracy (fig. 11) and
+   ``repurposing.png``.
 
-True labels are the source's labels (``ctx.source.y``), one per particle.
+True labels are the source's TRUE labels (``ctx.source_true_y``; differ from the flow's
+labels ``ctx.source.y`` with ``source_labels=pseudo``), one per particle.
 """
 
 from __future__ import annotations
 
 import logging
+
+# this module is loaded only when a run uses an oracle (Hydra `oracle.stage`), so torch is fine here
+from dsflow.oracle.evaluation import OracleMonitor
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,19 @@ def _classifier(oracle, source, target, mode):
     return ComposedClassifier(oracle, corr), corr
 
 
+class _RefreshingMonitor(OracleMonitor):
+    """`OracleMonitor` whose classifier is rebuilt from the particles before each evaluation
+    (the class correspondence of moving particles changes through the flow)."""
+
+    def __init__(self, classifier, rebuild, **options):
+        super().__init__(classifier, **options)
+        self.rebuild = rebuild
+
+    def evaluate_state(self, state, step, record=None):
+        self.oracle = self.rebuild(state)
+        return super().evaluate_state(state, step, record)
+
+
 def _true_labels(ctx):
     """The source's TRUE labels (pseudo-labelled runs keep them apart from the flow's labels)."""
     true_y = getattr(ctx, "source_true_y", None)
@@ -62,7 +86,7 @@ def oracle_stage(ctx) -> None:
 
     from hydra.utils import instantiate
 
-    from dsflow.oracle.evaluation import OracleMonitor, evaluate, predict
+    from dsflow.oracle.evaluation import evaluate, predict
     from dsflow.oracle.pipeline import format_table, plot_repurposing, pushforward_report, source_label_mode
 
     cfg = ctx.cfg.oracle
@@ -75,7 +99,16 @@ def oracle_stage(ctx) -> None:
     labelled_source = ctx.source.with_(y=true_y)
     classifier, corr = _classifier(oracle, labelled_source, ctx.target, mode)
     every = int(cfg.get("eval_every") or 10)
-    monitor = OracleMonitor(classifier, every=every, labels=true_y, final_step=int(ctx.cfg.steps))
+    if corr is None:
+        monitor = OracleMonitor(classifier, every=every, labels=true_y, final_step=int(ctx.cfg.steps))
+    else:
+        # the correspondence of the moving particles changes through the flow: recompute it at
+        # every evaluation, as after the flow, so the curve ends at accuracy_after
+        def rebuild(state):
+            particles = ctx.source.with_(x=state.x.detach(), y=true_y)
+            return _classifier(oracle, particles, ctx.target, mode)[0]
+
+        monitor = _RefreshingMonitor(classifier, rebuild, every=every, labels=true_y, final_step=int(ctx.cfg.steps))
     before = monitor.evaluate_state(ctx.state, 0)
     ctx.callbacks.append(monitor)
     meta = getattr(oracle, "checkpoint_meta", {}) or {}

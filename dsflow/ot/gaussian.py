@@ -163,13 +163,36 @@ def _sigma_rtol(dtype: torch.dtype, r: int, eig_dtype: torch.dtype | None = None
     return tol
 
 
+def _eigh(G: torch.Tensor):
+    """Batched symmetric eigendecomposition (ascending), fast on CPU.
+
+    torch's CPU ``eigh`` with eigenvectors was 14x slower than LAPACK's divide-and-conquer
+    driver called per matrix through scipy (100 Gram matrices of 200 x 200: 5.0 s vs 0.35 s),
+    so on CPU the batch is looped through ``scipy.linalg.eigh(driver="evd")``; the loop
+    is over class pairs, never over samples.  No autograd is needed here (custom backward).
+    """
+    if G.device.type != "cpu" or G.shape[-1] < 16:
+        return torch.linalg.eigh(G)
+    import numpy as np
+    import scipy.linalg as sla
+
+    batch = G.shape[:-2]
+    n = G.shape[-1]
+    Gn = G.detach().reshape(-1, n, n).numpy()
+    lam = np.empty(Gn.shape[:2], dtype=Gn.dtype)
+    vec = np.empty_like(Gn)
+    for i in range(Gn.shape[0]):
+        lam[i], vec[i] = sla.eigh(Gn[i], driver="evd", check_finite=False)
+    return torch.from_numpy(lam).reshape(*batch, n), torch.from_numpy(vec).reshape(*batch, n, n)
+
+
 def _nuclear_from_C(C: torch.Tensor, in_dtype: torch.dtype, eig_dtype: torch.dtype, need_uv: bool):
     """Nuclear norms of a batch ``C (..., r1, r2)`` and ``U V^T`` (masked), via a Gram eigh."""
     Cw = C.to(eig_dtype)
     r1, r2 = Cw.shape[-2], Cw.shape[-1]
     left = r1 <= r2  # eigen-problem on the smaller side
     G = Cw @ Cw.mT if left else Cw.mT @ Cw
-    lam, V = torch.linalg.eigh(G)
+    lam, V = _eigh(G)
     sigma = lam.clamp(min=0).sqrt()
     values = sigma.sum(-1)
     if not need_uv:
@@ -193,7 +216,7 @@ def _square_factors(F: torch.Tensor, eig_dtype: torch.dtype):
     so ``F1^T F2 = Z1^T (L1^T L2) Z2`` has the singular values of ``L1^T L2``.
     """
     Fw = F.to(eig_dtype)
-    D, P = torch.linalg.eigh(Fw @ Fw.mT)
+    D, P = _eigh(Fw @ Fw.mT)
     D = D.clamp(min=0)
     keep = D > (_sigma_rtol(F.dtype, max(F.shape[-1], F.shape[-2]), eig_dtype) ** 2) * D.amax(-1, keepdim=True)
     # eigenvalues at the noise floor are dropped from L too: their square roots (~1e-8 of

@@ -141,7 +141,6 @@ def test_finite_gradients_on_singular_digit_covariances():
     ranks = torch.linalg.matrix_rank(st.covariances().double()).tolist()
     assert max(ranks) < 64  # constant pixels: every class covariance is singular (ranks 48-54)
     xt = x.detach().flip(1)  # a different dataset with its own singular covariances
-    tt = class_gaussians(xt, y)
     for method in ("lowrank", "full"):
         # lowrank on ~30 samples per class keeps the test fast; full on all 1797 digits
         sub = slice(0, 300) if method == "lowrank" else slice(None)

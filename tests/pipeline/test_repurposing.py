@@ -6,6 +6,7 @@ recomputation) and leaves the frozen oracle untouched.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,6 +44,8 @@ def test_nist_to_mnist_supervised_e2e(nist_root, tmp_path):
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert len(rows) == 2 and all(_is_fraction(r["accuracy"]) for r in rows)
     assert rows[-1]["accuracy"] == pytest.approx(summary["oracle_accuracy_history"]["accuracy"][-1])
+    # the correspondence is recomputed at each evaluation: the curve ends at accuracy_after
+    assert summary["oracle_accuracy_history"]["accuracy"][-1] == pytest.approx(summary["accuracy_after"])
     for name in ("oracle_confusion_before.png", "oracle_confusion.png", "oracle_accuracy.png",
                  "oracle_objective_vs_accuracy.png", "repurposing.png", "pushforward_samples.png"):
         assert (tmp_path / "run" / name).stat().st_size > 0, name
@@ -168,3 +171,48 @@ def test_cifar_experiments_run_on_fake_files(experiment, overrides, cifar_root, 
     assert summary["oracle_correspondence"] is not None  # 2 (PCam) or 10 relabelled (STL-10) vs 10
     for key in (*ACCURACY_KEYS, "accuracy_pushforward"):
         assert _is_fraction(summary[key]), key
+
+
+def test_sweep_and_report_on_fake_files(nist_root, tmp_path):
+    """`dsflow -m +experiment=nist_to_mnist ...` (2 x 2 jobs, supervised + pseudo) and
+    `dsflow-report` on the sweep: report table and the paper's Table 1 layout."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    overrides = fake_experiment("nist_to_mnist", nist_root, tmp_path / "cache", "plot=false")
+    cmd = [sys.executable, "-c", "from dsflow.cli import main; main()", "-m", *overrides,
+           "functional.entreg=10,50", "source_labels=true,pseudo", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    assert len(summaries) == 4 and all(s["status"] == "ok" for s in summaries)
+    assert sorted(s["source_labels"] for s in summaries) == ["pseudo", "pseudo", "true", "true"]
+
+    report = subprocess.run([sys.executable, "-c", "from dsflow.report import main; main()", str(sweep)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+    with open(sweep / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {"accuracy_before", "accuracy_after"} <= set(rows[0])
+    by_dir = {Path(s["run_dir"]).name: s for s in summaries}
+    table1 = (sweep / "table1.md").read_text()
+    assert "Flowed (supervised)" in table1 and "Flowed (unsupervised)" in table1 and "usps" in table1
+    # the supervised cell is the best accuracy_after of the supervised runs, in percent
+    best = max(s["accuracy_after"] for s in by_dir.values() if s["source_labels"] == "true")
+    assert f"{100 * best:.1f}" in table1.split("Flowed (supervised)")[1].split("\n")[0]
+
+
+def test_small_clusters_merge_into_the_nearest_centre():
+    from dsflow.oracle.pipeline import merge_small_clusters
+
+    x = torch.tensor([[0.0], [0.1], [5.0], [5.2], [4.0], [9.0]])
+    centers = torch.tensor([[0.05], [5.1], [4.0], [9.0]])
+    clusters = torch.tensor([0, 0, 1, 1, 2, 3])
+    merged, ids = merge_small_clusters(x, clusters, centers, min_size=2)
+    assert ids == [2, 3]
+    # 4.0 is nearest to centre 5.1 (cluster 1), 9.0 too (0.05 is farther)
+    assert merged.tolist() == [0, 0, 1, 1, 1, 1]
