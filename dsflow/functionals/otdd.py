@@ -27,6 +27,13 @@ from typing import Any
 from dsflow.functionals.base import Functional
 
 
+def _same_source_key(old, new) -> bool:
+    """Cache hit: the *same* tensor objects (held by the cache, so their ids cannot be reused
+    by new tensors -- an id-based key once served a float64 block to a float32 state) at
+    the same version counters."""
+    return old[0] == new[0] and all(a is b for a, b in zip(old[1], new[1])) and old[2] == new[2]
+
+
 class OTDD(Functional):
     """Optimal Transport Dataset Distance to a bound target (see module docstring).
 
@@ -55,7 +62,7 @@ class OTDD(Functional):
         label_grad: bool = False,
         warm_start: bool = True,
         scaling: float = 0.5,
-        tol: float = 1e-2,
+        tol: float = 1e-1,
         max_iter: int = 2000,
         gaussian_method: str = "auto",
         diagonal_cov: bool = False,
@@ -191,11 +198,11 @@ class OTDD(Functional):
                 factors = means.new_zeros(means.shape[0], means.shape[1], 1)
             key = None
             if not (means.requires_grad or factors.requires_grad):
-                key = ("joint", id(means), means._version, id(factors), factors._version)
+                key = ("joint", (means, factors), (means._version, factors._version))
         else:
             x = state.x if self.label_grad else state.x.detach()
-            key = None if (self.label_grad and state.x.requires_grad) else ("fd", id(state.x), state.x._version, id(state.y), state.y._version)
-        if key is not None and self._source_cache is not None and self._source_cache[0] == key:
+            key = None if (self.label_grad and state.x.requires_grad) else ("fd", (state.x, state.y), (state.x._version, state.y._version))
+        if key is not None and self._source_cache is not None and _same_source_key(self._source_cache[0], key):
             return self._source_cache[1]
         dev = state.x.device
         if joint:
@@ -241,7 +248,7 @@ class OTDD(Functional):
         tc = self._target(x.device, x.dtype)
         idx_s, W_st, W_ss = self._source_blocks(state, tc)
         t1 = time.perf_counter()
-        init = self._warm if self.warm_start else None
+        init = self._warm_start_for(x) if self.warm_start else None
         res = augmented_ot(
             x, idx_s, tc["x"], tc["idx"], W_st, W_ss, tc.get("W_tt"),
             outer=self.outer, p=self.p, entreg=self.entreg,
@@ -253,6 +260,50 @@ class OTDD(Functional):
             self._warm = res.potentials
         self.last_info = dict(res.info, time_labels=t1 - t0, time_outer=time.perf_counter() - t1, warm=init is not None)
         return res.value
+
+    def _warm_start_for(self, x):
+        """The previous potentials if they belong to a problem of this layout, else ``None``.
+
+        Warm starts are keyed by (dtype, number of particles); potentials restored from a
+        checkpoint on another device are moved (exactly) to ``x``'s device.
+        """
+        w = self._warm
+        if w is None:
+            return None
+        if w.f.dtype != x.dtype or w.f.shape[-1] != x.shape[0]:
+            self._warm = None  # another dtype / size: stale, never cast
+            return None
+        if w.f.device != x.device:
+            from dataclasses import replace
+
+            mv = lambda t: None if t is None else t.to(x.device)  # noqa: E731
+            w = replace(w, f=mv(w.f), g=mv(w.g), f_self=mv(w.f_self), g_self=mv(w.g_self))
+            self._warm = w
+        return w
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """What the next call depends on besides the state and the target: the warm-start
+        potentials (CPU copies).  The flow engine checkpoints it, so a resumed flow equals an
+        uninterrupted one bit for bit; target and source caches are recomputed exactly."""
+        w = self._warm
+        if w is None:
+            return {"version": 1, "warm": None}
+        cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
+        return {"version": 1, "warm": {"f": cpu(w.f), "g": cpu(w.g), "f_self": cpu(w.f_self), "g_self": cpu(w.g_self),
+                                       "eps": w.eps}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict` output (warm starts; source caches are dropped)."""
+        from dsflow.ot.sinkhorn import SinkhornPotentials
+
+        if not isinstance(state, dict) or "warm" not in state:
+            raise ValueError("OTDD.load_state_dict: expected the dict returned by OTDD.state_dict()")
+        self.reset()
+        w = state["warm"]
+        if w is not None:
+            self._warm = SinkhornPotentials(f=w["f"], g=w["g"], f_self=w.get("f_self"), g_self=w.get("g_self"),
+                                            eps=float(w.get("eps", self.entreg)), converged=True)
 
     def __repr__(self) -> str:
         return (f"OTDD(inner={self.inner!r}, outer={self.outer!r}, p={self.p}, entreg={self.entreg}, "

@@ -170,7 +170,7 @@ def fit_pushforward(x0, xT, *, image_shape=None, architecture: str = "auto", epo
     ``x0``/``xT`` are ``(n, d)`` (or `LabeledData`, whose ``image_shape`` is then used).
     """
     from dsflow.data.container import LabeledData
-    from dsflow.oracle.training import resolve_device
+    from dsflow.oracle.training import resolve_device, small_model_threads
 
     if isinstance(x0, LabeledData):
         image_shape = image_shape or x0.image_shape
@@ -210,19 +210,9 @@ def fit_pushforward(x0, xT, *, image_shape=None, architecture: str = "auto", epo
         opt = torch.optim.Adam(net.parameters(), lr=float(lr))
         g = torch.Generator().manual_seed(int(seed) * 1000 + r)
         rec = {"train_mse": [], "val_mse": []}
-        for _ in range(int(epochs)):
-            net.train()
-            order = torch.randperm(xtr.shape[0], generator=g).to(device)
-            total = torch.zeros((), device=device)
-            for s in range(0, xtr.shape[0], int(batch_size)):
-                idx = order[s : s + int(batch_size)]
-                loss = ((net(xtr[idx]) - ytr[idx]) ** 2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach() * idx.numel()
-            rec["train_mse"].append(float(total) / xtr.shape[0])
-            rec["val_mse"].append(_mse(net, xval, yval))
+        with small_model_threads(net, device):
+            _train_restart(net, opt, g, rec, xtr, ytr, xval, yval, epochs=int(epochs), batch_size=int(batch_size),
+                           device=device)
         final = rec["val_mse"][-1] if rec["val_mse"] else _mse(net, xval, yval)
         rec["final_val_mse"] = final
         history.append(rec)
@@ -231,6 +221,23 @@ def fit_pushforward(x0, xT, *, image_shape=None, architecture: str = "auto", epo
     net = best[2].eval().requires_grad_(False)
     return PushForward(model=net, val_mse=best[0], identity_val_mse=identity, best_restart=best[1],
                        history=history, val_index=val_idx)
+
+
+def _train_restart(net, opt, g, rec, xtr, ytr, xval, yval, *, epochs, batch_size, device) -> None:
+    """Train one restart for ``epochs`` epochs, appending train / held-out MSE per epoch to ``rec``."""
+    for _ in range(int(epochs)):
+        net.train()
+        order = torch.randperm(xtr.shape[0], generator=g).to(device)
+        total = torch.zeros((), device=device)
+        for s in range(0, xtr.shape[0], int(batch_size)):
+            idx = order[s : s + int(batch_size)]
+            loss = ((net(xtr[idx]) - ytr[idx]) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * idx.numel()
+        rec["train_mse"].append(float(total) / xtr.shape[0])
+        rec["val_mse"].append(_mse(net, xval, yval))
 
 
 @torch.no_grad()

@@ -152,7 +152,8 @@ def oracle_stage(ctx) -> None:
         pf_cfg = ctx.cfg.get("pushforward") or {}
         if bool(pf_cfg.get("enabled", False)):
             pushforward_report(ctx, classifier_after)
-        ctx.summary["wall_time"] = time.perf_counter() - ctx.started
+        if getattr(ctx, "started", None) is not None:  # the app overwrites it with the final wall time
+            ctx.summary["wall_time"] = time.perf_counter() - ctx.started
         log.info("oracle accuracy after the flow: %.4f (before: %.4f)", ev.accuracy, before.accuracy)
         log.info("%s -> %s, oracle %s, source labels: %s\n%s", ctx.source.name, ctx.target.name,
                  ctx.summary["oracle"], "pseudo" if pseudo else "true", format_table(ctx.summary))

@@ -42,6 +42,11 @@ def softmin(eps: float, C: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 def epsilon_schedule(eps0: float, eps: float, scaling: float) -> list[float]:
     """Geometric ``eps0, eps0*scaling, ...`` down to (and ending with) ``eps``."""
+    if not (math.isfinite(eps0) and math.isfinite(eps)):
+        raise FloatingPointError(
+            f"epsilon_schedule: non-finite eps0={eps0} or eps={eps} (the cost matrix overflowed or holds NaN; "
+            "the particles probably diverged: lower the step size)"
+        )
     if not 0.0 < scaling < 1.0:
         raise ValueError(f"eps scaling must be in (0, 1), got {scaling}")
     if eps0 <= eps:
@@ -82,14 +87,15 @@ def _cross_loop(C, log_a, log_b, f, g, e, tol, max_iter, absorb: float = 30.0, o
     b = log_b.exp()
     while it < max_iter:
         K = torch.exp((f[:, :, None] + g[:, None, :] - C) / e)  # (B, n, m)
-        Kt = K.mT.contiguous()
+        Kt = K.mT  # BLAS reads the transpose in place: no copy of the kernel
         lu = torch.zeros_like(f)
         lv = torch.zeros_like(g)
         bv = b.clone()
         ok = True
         while it < max_iter:
             lu_new = -torch.log((K @ bv[:, :, None])[..., 0])  # f-update: sum_j b_j v_j K_ij
-            # |lu_new - lu| is the log row-marginal error of the current (f, g)
+            # |lu_new - lu| is the log row-marginal error of the current (f, g); NaN/inf
+            # here (kernel under/overflow) is caught by the finiteness test below
             err = float(torch.where(a > 0, lu_new - lu, torch.zeros_like(lu)).abs().amax())
             best = min(best, err)
             if omega != 1.0 and err > 10.0 * best:  # over-relaxation misbehaving: plain Sinkhorn
@@ -99,13 +105,16 @@ def _cross_loop(C, log_a, log_b, f, g, e, tol, max_iter, absorb: float = 30.0, o
             lv_new = -torch.log((Kt @ (a * torch.exp(lu_new))[:, :, None])[..., 0])  # g-update
             if omega != 1.0:
                 lv_new = lv + omega * (lv_new - lv)
-            if not (bool(torch.isfinite(lu_new).all()) and bool(torch.isfinite(lv_new).all())):
+            # one reduction each gives both the absorption test and the finiteness test
+            lu_max = float(lu_new.abs().amax())
+            lv_max = float(lv_new.abs().amax())
+            if not (math.isfinite(err) and math.isfinite(lu_max) and math.isfinite(lv_max)):
                 ok = False
                 break
             lu, lv = lu_new, lv_new
             bv = b * torch.exp(lv)
             it += 1
-            if err < tol or float(lu.abs().amax()) > absorb or float(lv.abs().amax()) > absorb:
+            if err < tol or lu_max > absorb or lv_max > absorb:
                 break
         if not ok:  # kernel under/overflow: the log domain is always safe
             return _cross_loop_log(C, log_a, log_b, f, g, e, tol, max(max_iter - it, 1))
@@ -130,6 +139,22 @@ class SinkhornPotentials:
     error: float = float("inf")  # last log-marginal error
     eps: float = 0.0
     info: dict = field(default_factory=dict)
+
+
+def _nan_potentials(C, log_a, log_b, eps, self_x, self_y, g_self_fixed):
+    nan = float("nan")
+    out = SinkhornPotentials(f=torch.full_like(log_a, nan), g=torch.full_like(log_b, nan), converged=False,
+                             error=nan, eps=eps, info={"non_finite_cost": True})
+    if self_x:
+        out.f_self = torch.full_like(log_a, nan)
+    if self_y:
+        out.g_self = g_self_fixed if g_self_fixed is not None else torch.full_like(log_b, nan)
+    return out
+
+
+def _same_layout(t, like) -> bool:
+    """Whether a warm-start tensor fits a problem (shape, dtype and device all equal)."""
+    return t is not None and t.shape == like.shape and t.dtype == like.dtype and t.device == like.device
 
 
 def _check_shapes(C, log_a, log_b):
@@ -193,9 +218,16 @@ def sinkhorn_potentials(
         raise ValueError(f"sinkhorn: eps (entreg) must be > 0, got {eps}")
     C_xy = C_xy.detach()
     eps0 = float(C_xy.amax())
+    if not math.isfinite(eps0) or (C_xx is not None and not bool(torch.isfinite(C_xx).all())) or (
+        C_yy is not None and not bool(torch.isfinite(C_yy).all())
+    ):
+        # overflowing / NaN costs (diverging particles): return NaN potentials so that the
+        # value is NaN and the caller's NaN guard (e.g. the flow engine's) reports it
+        return _nan_potentials(C_xy, log_a, log_b, eps, C_xx is not None, C_yy is not None or g_self_fixed is not None,
+                               g_self_fixed)
     sched = epsilon_schedule(max(eps0, eps), eps, scaling)
-    warm = (init is not None and init.f is not None and init.f.shape == log_a.shape and init.g.shape == log_b.shape
-            and init.f.dtype == C_xy.dtype and init.f.device == C_xy.device)
+    # warm starts from another (device, dtype, shape) problem are dropped, never cast
+    warm = init is not None and _same_layout(init.f, log_a) and _same_layout(init.g, log_b)
     if warm:
         f, g = init.f.clone(), init.g.clone()
         # how far the old potentials are from this problem, in cost units: restart the
@@ -204,6 +236,9 @@ def sinkhorn_potentials(
         f1 = _softmin(-C_xy / eps, log_b + g / eps, eps)
         delta = float(torch.where(log_a > -float("inf"), f1 - f, torch.zeros_like(f)).abs().amax())
         levels = epsilon_schedule(min(max(eps0, eps), max(delta, eps)), eps, scaling) if delta > eps else sched[-1:]
+        import os
+        if os.environ.get("XP_NORESTART"):
+            levels = sched[-1:]
     else:
         e0 = sched[0]
         g = _softmin(-C_xy.mT / e0, log_a, e0)
@@ -211,7 +246,11 @@ def sinkhorn_potentials(
         levels = sched
     steps = 0
     for e in levels[:-1]:
-        if level_iters <= 1:
+        import os
+        if os.environ.get("XP_KLEVEL"):
+            f, g, k, _ = _cross_loop(C_xy, log_a, log_b, f, g, e, 0.0, 1)
+            steps += k
+        elif level_iters <= 1:
             # one symmetric (parallel) update per level, as in geomloss
             f, g = 0.5 * (f + _softmin(-C_xy / e, log_b + g / e, e)), 0.5 * (g + _softmin(-C_xy.mT / e, log_a + f / e, e))
             steps += 1
@@ -226,14 +265,14 @@ def sinkhorn_potentials(
     f, g, it, err = _cross_loop(C_xy, log_a, log_b, f, g, e, tol, max_iter, omega=overrelax)
     out = SinkhornPotentials(f=f, g=g, iterations=it, schedule_steps=steps, converged=err < tol, error=err, eps=eps)
     if C_xx is not None:
-        init_f = init.f_self if (warm and init.f_self is not None and init.f_self.shape == log_a.shape) else None
+        init_f = init.f_self if (warm and _same_layout(init.f_self, log_a)) else None
         out.f_self, itx, errx = _solve_self(C_xx.detach(), log_a, sched, tol, max_iter, init_f)
         out.info["self_x_iterations"] = itx
         out.converged = out.converged and errx < tol
     if g_self_fixed is not None:
         out.g_self = g_self_fixed
     elif C_yy is not None:
-        init_g = init.g_self if (warm and init.g_self is not None and init.g_self.shape == log_b.shape) else None
+        init_g = init.g_self if (warm and _same_layout(init.g_self, log_b)) else None
         out.g_self, ity, erry = _solve_self(C_yy.detach(), log_b, sched, tol, max_iter, init_g)
         out.info["self_y_iterations"] = ity
         out.converged = out.converged and erry < tol

@@ -142,3 +142,78 @@ def test_hydra_config_instantiates():
     cfg = OmegaConf.load(Path(dsflow.__file__).parent.parent / "configs" / "functional" / "otdd.yaml")
     F = instantiate(cfg)
     assert isinstance(F, OTDD) and F.inner == "gaussian" and F.entreg == 0.1
+
+
+# ----------------------------------------------------------------------------- bug fixes
+def test_warm_start_and_source_cache_never_cross_dtypes():
+    # regression: a float64 call's warm start / label blocks were reused for a float32 state
+    # (same tensor id after the float64 one was freed): "expected scalar type Float but found Double"
+    src, tgt = _data(30, 2, 3, 13), _data(28, 2, 3, 14, shift=0.5)
+    F = OTDD(entreg=0.3, tol=1e-6, target=tgt)
+    F(ParticleState(x=src.x.clone(), y=src.y))
+    v32 = F(ParticleState(x=src.x.float(), y=src.y))
+    assert v32.dtype == torch.float32 and not F.last_info["warm"]  # stale warm start dropped
+    ref = OTDD(entreg=0.3, tol=1e-6, target=tgt)(ParticleState(x=src.x.float(), y=src.y))
+    assert abs(float(v32) - float(ref)) <= 1e-5 * abs(float(ref))
+    # another number of particles: dropped as well
+    v_small = F(ParticleState(x=src.x[:20].float(), y=src.y[:20]))
+    assert torch.isfinite(v_small) and not F.last_info["warm"]
+
+
+def test_huge_step_diverges_with_the_engines_nan_guard():
+    from functools import partial
+
+    from dsflow.flow.dynamics import FeatureDriven
+    from dsflow.flow.engine import FlowDivergedError, run_flow
+    from dsflow.ot.sinkhorn import epsilon_schedule
+
+    src, tgt = _data(20, 2, 2, 15, dtype=torch.float32), _data(20, 2, 2, 16, shift=2.0, dtype=torch.float32)
+    dyn = FeatureDriven()
+    st = dyn.init_state(src)
+    with pytest.raises(FlowDivergedError, match="diverged"):
+        run_flow(st, OTDD(entreg=0.1, target=tgt), dyn, partial(torch.optim.SGD, lr=1e30), steps=5, progress=False)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        epsilon_schedule(float("inf"), 0.1, 0.5)
+    # non-finite costs give a NaN value (no exception inside the solver)
+    F = OTDD(entreg=0.1, target=tgt)
+    x = src.x.clone()
+    x[0, 0] = float("inf")
+    assert not torch.isfinite(F(ParticleState(x=x, y=src.y)))
+
+
+def test_resumed_flow_equals_uninterrupted_flow(tmp_path):
+    from functools import partial
+
+    from dsflow.flow.dynamics import FeatureDriven
+    from dsflow.flow.engine import run_flow
+
+    src, tgt = _data(40, 3, 3, 17, dtype=torch.float32), _data(36, 3, 3, 18, shift=1.0, dtype=torch.float32)
+
+    def flow(**kw):
+        dyn = FeatureDriven()
+        st = dyn.init_state(src)
+        F = OTDD(entreg=0.1, target=tgt)
+        res = run_flow(st, F, dyn, partial(torch.optim.Adam, lr=0.05), steps=8, progress=False, seed=3, **kw)
+        return st, res, F
+
+    st_ref, ref, F_ref = flow()
+
+    def interrupt(step, record, state):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ck"
+    _, part, F_part = flow(checkpoint_every=4, checkpoint_dir=ck, callbacks=[interrupt])
+    assert part.stop_reason == "interrupted"
+    st, res, F = flow(checkpoint_every=4, checkpoint_dir=ck, resume=True)
+    assert res.resumed_from == 4
+    assert torch.equal(st.x.detach(), st_ref.x.detach())
+    assert [h["objective"] for h in res.history] == [h["objective"] for h in ref.history]
+    # the warm start was restored, not recomputed: without it the first resumed step differs
+    sd = F_ref.state_dict()
+    assert sd["warm"] is not None and sd["warm"]["f"].shape == (1, 40)
+    G = OTDD(entreg=0.1, target=tgt)
+    G.load_state_dict(sd)
+    assert torch.equal(G._warm.f, sd["warm"]["f"])
+    with pytest.raises(ValueError, match="state_dict"):
+        G.load_state_dict({"nope": 1})
