@@ -118,18 +118,42 @@ def _main(app) -> None:
     sys.exit(_exit_status())
 
 
-#: what ``dsflow`` with no arguments at all runs
+#: what ``dsflow`` runs unless the command line picks an experiment or a config group
 DEFAULT_EXPERIMENT = "+experiment=default"
+#: config groups of the `dsflow` app; selecting one of them means "not the default demo"
+CONFIG_GROUPS = ("dataset", "functional", "dynamics", "optimizer", "flow", "oracle", "experiment")
+
+
+def wants_default_experiment(args: list[str]) -> bool:
+    """True when ``args`` only tune keys (``steps=5``, ``logger=none``, ``-m optimizer.lr=1,2``).
+
+    The default experiment (configs/experiment/default.yaml) is the offline re-purposing demo
+    on the embedded digits.  It is left out as soon as the command line chooses an experiment
+    (``+experiment=NAME``; ``+experiment=base`` is the bare base config) or a dataset,
+    functional, dynamics, optimizer, flow or oracle config, and for Hydra's informational
+    flags (``--help``, ``--cfg``, ``--info``, ...).
+    """
+    for arg in args:
+        if arg in ("-m", "--multirun"):
+            continue
+        if arg.startswith("-"):
+            return False
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key.split("@", 1)[0] in CONFIG_GROUPS and "." not in key:
+            return False
+    return True
 
 
 def main() -> None:
     """``dsflow [overrides]``: flow a labeled dataset; ``dsflow -m ...`` for a sweep.
 
-    With no arguments at all it runs the quick demo ``+experiment=default`` (the base
-    config alone flows the full datasets); any argument turns this off.
+    Unless the command line picks an experiment or a config group, the default experiment
+    ``+experiment=default`` (the offline re-purposing demo) is added, so ``dsflow``,
+    ``dsflow steps=10 logger=none`` and ``dsflow -m optimizer.lr=100,200`` all run the demo.
     """
-    if len(sys.argv) == 1:
-        print(f"dsflow: no arguments, running the default experiment ({DEFAULT_EXPERIMENT})", flush=True)
+    if wants_default_experiment(sys.argv[1:]):
+        print(f"dsflow: running the default experiment ({DEFAULT_EXPERIMENT}; "
+              "+experiment=base for the bare base config)", flush=True)
         sys.argv.append(DEFAULT_EXPERIMENT)
     _main(_flow_app)
 

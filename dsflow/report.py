@@ -219,7 +219,10 @@ def table1(runs: list[RunRecord]) -> str | None:
         mode = str(r.summary.get("source_labels", r.overrides.get("source_labels", "true"))).lower()
         row = "unsupervised" if mode == "pseudo" else "supervised"
         c = cells.setdefault(str(source), {})
-        for key, metric in (("before", "accuracy_before"), (row, "accuracy_after")):
+        pairs = [("before", "accuracy_before"), (row, "accuracy_after")]
+        if row == "unsupervised":  # the paper's protocol: clusters matched to the true labels
+            pairs.append(("unsupervised_ideal", "accuracy_ideal_matching"))
+        for key, metric in pairs:
             v = _to_number(r.summary.get(metric))
             if v is not None:
                 c.setdefault(key, []).append(v)
@@ -228,7 +231,12 @@ def table1(runs: list[RunRecord]) -> str | None:
     datasets = sorted(cells, key=lambda s: (list(PAPER_TABLE1).index(s) if s in PAPER_TABLE1 else 99, s))
     header = ["", *[f"{d} (ours)" for d in datasets], *[f"{d} (paper)" for d in datasets if d in PAPER_TABLE1]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    labels = {"before": "Original (before flow)", "supervised": "Flowed (supervised)", "unsupervised": "Flowed (unsupervised)"}
+    labels = {
+        "before": "Original (before flow)",
+        "supervised": "Flowed (supervised)",
+        "unsupervised": "Flowed (unsupervised, clusters aligned without labels)",
+        "unsupervised_ideal": "Flowed (unsupervised, idealised matching as in the paper)",
+    }
     for key, label in labels.items():
         ours = []
         for d in datasets:
@@ -238,11 +246,17 @@ def table1(runs: list[RunRecord]) -> str | None:
             else:
                 v = sum(vals) / len(vals) if key == "before" else max(vals)
                 ours.append(f"{100 * v:.1f}")
-        paper = [f"{PAPER_TABLE1[d][key]:g}" for d in datasets if d in PAPER_TABLE1]
+        paper_key = "unsupervised" if key == "unsupervised_ideal" else key
+        paper = [
+            ("" if key == "unsupervised" else f"{PAPER_TABLE1[d][paper_key]:g}")
+            for d in datasets if d in PAPER_TABLE1
+        ]
         lines.append("| " + " | ".join([label, *ours, *paper]) + " |")
     note = (
-        "\nAccuracy (%) of the frozen oracle. Supervised/unsupervised cells: best run of the sweep "
-        "for that source dataset; 'before': mean over runs.\n"
+        "\nAccuracy (%) of the frozen oracle. Flowed cells: best run of the sweep for that source "
+        "dataset; 'before': mean over runs. The paper's unsupervised row permutes the pseudo-labels "
+        "to match the true labels (its appendix C), i.e. our 'idealised matching' row; the row "
+        "above it is the bona-fide number (clusters aligned to the target without true labels).\n"
     )
     return "\n".join(lines) + "\n" + note
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 
@@ -85,9 +86,9 @@ def bench_otdd(args):
     blur = (entreg / 2) ** 0.5  # geomloss p=2 cost is |x-y|^2/2
     out = {"n": n, "m": n, "d": d, "classes": k, "entreg": entreg, "geomloss_blur": blur}
 
-    def ours():
+    def ours(tol=1e-3, inner="gaussian"):
         x = xs.clone().requires_grad_()
-        r = otdd(LabeledData(x, y), LabeledData(xt, y), inner="gaussian", outer="sinkhorn", entreg=entreg)
+        r = otdd(LabeledData(x, y), LabeledData(xt, y), inner=inner, outer="sinkhorn", entreg=entreg, tol=tol)
         r.cost.backward()
         return r
 
@@ -115,10 +116,23 @@ def bench_otdd(args):
     out["ours_iterations"] = r.info.get("iterations")
     out["ours_schedule_steps"] = r.info.get("schedule_steps")
     out["ours_timings"] = r.timings
+    # geomloss-like budget: a loose marginal tolerance (value error is second order in it)
+    out["ours_tol0.1_s"], r1 = _best(lambda: ours(tol=0.1), args.repeats)
+    out["ours_tol0.1_iterations"] = r1.info.get("iterations")
+    out["ours_tol0.1_timings"] = r1.timings
+    out["ours_tol0.1_rel_diff_vs_tol1e-3"] = abs(float(r1.cost) - float(r.cost)) / abs(float(r.cost))
+    # like for like with geomloss: feature-only (inner='none'), same blur, loose budget
+    out["ours_features_tol0.1_s"], rf = _best(lambda: ours(tol=0.1, inner="none"), args.repeats)
+    out["ours_features_tol1e-3_s"], rfc = _best(lambda: ours(tol=1e-3, inner="none"), args.repeats)
     out["geomloss_s"], gv = _best(geomloss_default, args.repeats)
     out["floor_s"], _ = _best(floor, args.repeats)
     out["floor_levels"] = levels
     out["ratio_to_geomloss"] = out["ours_s"] / out["geomloss_s"]
+    out["ratio_tol0.1_to_geomloss"] = out["ours_tol0.1_s"] / out["geomloss_s"]
+    out["ratio_features_tol0.1_to_geomloss"] = out["ours_features_tol0.1_s"] / out["geomloss_s"]
+    out["ratio_features_tol1e-3_to_geomloss"] = out["ours_features_tol1e-3_s"] / out["geomloss_s"]
+    out["feature_only_tol0.1"] = float(rf.cost)
+    out["feature_only_tol1e-3"] = float(rfc.cost)
     out["ratio_to_floor"] = out["ours_s"] / out["floor_s"]
     # values: ours converged vs geomloss (feature-only comparison needs inner='none')
     x = xs.clone()
@@ -144,7 +158,7 @@ def main():
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}))
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0]}))
     if args.what in ("gaussian", "all"):
         bench_gaussian(args)
     if args.what in ("otdd", "all"):

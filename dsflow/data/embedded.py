@@ -12,6 +12,30 @@ import numpy as np
 from dsflow.data.common import finish_vectors, images_to_labeled_data, select_indices, to_plain
 
 
+#: The embedded digits have no official train/test split; this fixed, stratified one (half of
+#: every class in each part, independent of the run seed) keeps the oracle's training data,
+#: the flow's target and a derived source domain disjoint when they ask for different splits.
+DIGITS_SPLITS = ("all", "train", "test")
+_DIGITS_SPLIT_SEED = 20210718
+
+
+def digits_split_indices(labels: np.ndarray, split: str) -> np.ndarray:
+    """Sorted indices of ``split`` (``all``/``train``/``test``) of the embedded digits."""
+    if split not in DIGITS_SPLITS:
+        raise ValueError(f"digits: split must be one of {', '.join(DIGITS_SPLITS)}; got {split!r}")
+    if split == "all":
+        return np.arange(labels.shape[0])
+    keys = np.random.default_rng(_DIGITS_SPLIT_SEED).random(labels.shape[0])
+    order = np.lexsort((keys, labels))  # grouped by class, random order inside each class
+    rank = np.empty_like(order)
+    sorted_labels = labels[order]
+    first = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank[order] = np.arange(labels.shape[0]) - first  # position inside its class
+    counts = np.bincount(labels)
+    in_test = rank < counts[labels] // 2
+    return np.flatnonzero(in_test if split == "test" else ~in_test)
+
+
 def digits(
     n_per_class: int | None = None,
     max_samples: int | None = None,
@@ -22,23 +46,26 @@ def digits(
     channels: int | None = None,
     normalize: Any = None,
     name: str | None = None,
+    split: str = "all",
 ):
     """scikit-learn's embedded handwritten digits: 1797 images 8x8, pixels scaled to ``[0, 1]``.
 
     ``image_shape`` is ``(1, 8, 8)``, labels 0..9 named ``"0"``..``"9"``.  ``resize`` /
-    ``channels`` / ``normalize`` work as for the torchvision datasets.
+    ``channels`` / ``normalize`` work as for the torchvision datasets.  ``split``: ``all``
+    (1797), or the fixed stratified halves ``train`` (901) / ``test`` (896), disjoint.
     """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     labels = bunch.target.astype(np.int64)
-    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes,
-                          seed=seed, loader="digits")
+    part = digits_split_indices(labels, str(split))
+    keep = part[select_indices(labels[part], n_per_class=n_per_class, max_samples=max_samples,
+                               classes=classes, seed=seed, loader="digits")]
     return images_to_labeled_data(
         bunch.images[keep], labels[keep], layout="NHW", scale=16.0,  # raw pixel values are 0..16
         resize=resize, channels=channels, normalize=normalize, transform=transform, seed=seed,
         class_names=[str(i) for i in range(10)], name=name or "digits", loader="digits",
-        meta={"dataset": "digits", "indices": keep.tolist()},
+        meta={"dataset": "digits", "split": str(split), "indices": keep.tolist()},
     )
 
 

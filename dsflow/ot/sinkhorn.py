@@ -30,14 +30,36 @@ import torch
 __all__ = ["SinkhornPotentials", "sinkhorn_potentials", "sinkhorn_value", "log_sinkhorn", "epsilon_schedule", "self_potential", "softmin"]
 
 
+#: exponents are clamped at this value before ``exp``: CPU ``exp`` of arguments below about
+#: -87 (subnormal or zero float32 results) is ~10x slower than in range (measured: 3.9 ms vs
+#: 22-51 ms for 1797^2 entries).  Terms are at most 1 after subtracting the row maximum, so
+#: clamping adds at most ``m * e^-80 ~ m * 1.8e-35`` relative to a row sum -- far below float32
+#: and float64 round-off for any feasible ``m``.
+_EXP_FLOOR = -80.0
+
+
+def _logsumexp_last(z: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``logsumexp`` over the last dim, with the exponent floor above (see `_EXP_FLOOR`).
+
+    ``inplace=True`` reuses ``z`` as scratch (only for tensors that need no gradient).
+    """
+    m = z.detach().amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf rows stay -inf-ish
+    if inplace:
+        t = z.sub_(m).clamp_(min=_EXP_FLOOR).exp_()
+    else:
+        t = (z - m).clamp(min=_EXP_FLOOR).exp()
+    return t.sum(-1).log() + m[..., 0]
+
+
 def _softmin(neg_C_over_eps: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
-    """``-eps log sum_j exp(h_j - C_ij/eps)`` for ``(B, n, m)`` and ``(B, m)``."""
-    return -eps * torch.logsumexp(neg_C_over_eps + h[:, None, :], dim=2)
+    """``-eps log sum_j exp(h_j - C_ij/eps)`` for ``(B, n, m)`` and ``(B, m)`` (no autograd)."""
+    return -eps * _logsumexp_last(neg_C_over_eps + h[:, None, :], inplace=True)
 
 
 def softmin(eps: float, C: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Differentiable c-transform ``-eps log sum_j exp(h_j - C_ij/eps)`` (``(B,n,m)``, ``(B,m)``)."""
-    return -eps * torch.logsumexp(h[:, None, :] - C / eps, dim=2)
+    return -eps * _logsumexp_last(h[:, None, :] - C / eps)
 
 
 def epsilon_schedule(eps0: float, eps: float, scaling: float) -> list[float]:
@@ -86,7 +108,9 @@ def _cross_loop(C, log_a, log_b, f, g, e, tol, max_iter, absorb: float = 30.0, o
     a = log_a.exp()
     b = log_b.exp()
     while it < max_iter:
-        K = torch.exp((f[:, :, None] + g[:, None, :] - C) / e)  # (B, n, m)
+        # K = exp((f + g - C)/e), in place, exponent floored (see _EXP_FLOOR: the floored
+        # entries change row sums by < m*e^-80 relative near the fixed point)
+        K = torch.sub(f[:, :, None], C).add_(g[:, None, :]).div_(e).clamp_(min=_EXP_FLOOR).exp_()  # (B, n, m)
         Kt = K.mT  # BLAS reads the transpose in place: no copy of the kernel
         lu = torch.zeros_like(f)
         lv = torch.zeros_like(g)
@@ -236,9 +260,6 @@ def sinkhorn_potentials(
         f1 = _softmin(-C_xy / eps, log_b + g / eps, eps)
         delta = float(torch.where(log_a > -float("inf"), f1 - f, torch.zeros_like(f)).abs().amax())
         levels = epsilon_schedule(min(max(eps0, eps), max(delta, eps)), eps, scaling) if delta > eps else sched[-1:]
-        import os
-        if os.environ.get("XP_NORESTART"):
-            levels = sched[-1:]
     else:
         e0 = sched[0]
         g = _softmin(-C_xy.mT / e0, log_a, e0)
@@ -246,19 +267,12 @@ def sinkhorn_potentials(
         levels = sched
     steps = 0
     for e in levels[:-1]:
-        import os
-        if os.environ.get("XP_KLEVEL"):
-            f, g, k, _ = _cross_loop(C_xy, log_a, log_b, f, g, e, 0.0, 1)
-            steps += k
-        elif level_iters <= 1:
-            # one symmetric (parallel) update per level, as in geomloss
-            f, g = 0.5 * (f + _softmin(-C_xy / e, log_b + g / e, e)), 0.5 * (g + _softmin(-C_xy.mT / e, log_a + f / e, e))
-            steps += 1
-        else:
-            # a few (cheap, scaling-domain) updates per level bring the potentials closer to
-            # each level's solution, which shortens the slow final phase
-            f, g, k, _ = _cross_loop(C_xy, log_a, log_b, f, g, e, tol, level_iters)
-            steps += k
+        # one alternating update per level in the stabilised scaling domain (one exp pass
+        # + two matrix-vector products, against two logsumexp passes for geomloss' symmetric
+        # log-domain update; measured 0.52 -> 0.44 CPU s per digits flow step); a few more
+        # per level (``level_iters``) bring the potentials closer to each level's solution
+        f, g, k, _ = _cross_loop(C_xy, log_a, log_b, f, g, e, 0.0 if level_iters <= 1 else tol, max(level_iters, 1))
+        steps += k
     e = levels[-1]
     if not 1.0 <= overrelax < 2.0:
         raise ValueError(f"sinkhorn: overrelax must be in [1, 2), got {overrelax}")

@@ -136,18 +136,31 @@ def test_distance_command(tmp_path):
     assert np.array(summary["label_distances"]).shape == (2, 3)
 
 
-def test_no_arguments_means_default_experiment(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "args, default",
+    [
+        ([], True),
+        (["steps=3", "logger=none"], True),  # tuning keys keeps the demo
+        (["-m", "optimizer.lr=100,200", "functional.entreg=0.5,1"], True),
+        (["functional.entreg=2", "source.split=train"], True),
+        (["+experiment=shape_swissroll"], False),  # an experiment replaces it
+        (["+experiment=base"], False),  # the bare base config
+        (["dataset@source=moons"], False),  # choosing a config group replaces it
+        (["oracle=none"], False),
+        (["--cfg", "job"], False),  # Hydra's informational flags see the plain config
+        (["--help"], False),
+    ],
+)
+def test_default_experiment_unless_an_experiment_or_group_is_chosen(monkeypatch, capsys, args, default):
     from dsflow import cli
 
     seen = {}
     monkeypatch.setattr(cli, "_main", lambda app: seen.update(argv=list(sys.argv)))
-    monkeypatch.setattr(sys, "argv", ["dsflow"])
+    monkeypatch.setattr(sys, "argv", ["dsflow", *args])
     cli.main()
-    assert seen["argv"] == ["dsflow", "+experiment=default"]
-    assert "+experiment=default" in capsys.readouterr().out
-    monkeypatch.setattr(sys, "argv", ["dsflow", "steps=3"])
-    cli.main()
-    assert seen["argv"] == ["dsflow", "steps=3"]  # any argument: the base config
+    expected = ["dsflow", *args] + (["+experiment=default"] if default else [])
+    assert seen["argv"] == expected
+    assert ("+experiment=default" in capsys.readouterr().out) == default
 
 
 @pytest.mark.slow

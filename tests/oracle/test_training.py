@@ -92,17 +92,24 @@ def test_labels_outside_the_oracle_classes_are_rejected(digits_oracle):
 
 
 def test_inhouse_split_for_loaders_without_split():
-    cfg = {"_target_": "dsflow.data.digits", "split": "train"}
+    cfg = {"_target_": "dsflow.data.moons", "split": "train", "n_samples": 400}  # moons has no split option
     train = load_training_data(cfg)
     test = load_training_data({**cfg, "split": "test"})
     everything = load_training_data({**cfg, "split": "all"})
-    assert train.n + test.n == everything.n == 1797
+    assert train.n + test.n == everything.n == 400
     assert abs(test.n / everything.n - training_mod.INHOUSE_TEST_FRACTION) < 0.01
-    rows = {tuple(r) for r in (train.x * 16).round().int().tolist()}
-    overlap = sum(tuple(r) in rows for r in (test.x * 16).round().int().tolist())
-    assert overlap < 0.05 * test.n  # disjoint samples (a few digit images are exact duplicates in sklearn's set)
+    rows = {tuple(r) for r in train.x.tolist()}
+    assert not any(tuple(r) in rows for r in test.x.tolist())  # disjoint samples
     with pytest.raises(ValueError, match="'train', 'test' or 'all'"):
         load_training_data({**cfg, "split": "val"})
+
+
+def test_loaders_with_a_split_get_it_directly():
+    cfg = {"_target_": "dsflow.data.digits", "split": "train"}
+    train = load_training_data(cfg)
+    test = load_training_data({**cfg, "split": "test"})
+    assert train.n + test.n == 1797 and abs(test.n - train.n) <= 10  # the digits' own fixed halves
+    assert not set(train.meta["indices"]) & set(test.meta["indices"])
 
 
 def test_config_file_instantiates_a_trained_oracle(tmp_path):
@@ -120,7 +127,7 @@ def test_config_file_instantiates_a_trained_oracle(tmp_path):
     cfg.train.max_samples = 300
     oracle = instantiate(cfg)
     assert oracle.frozen and oracle.eval_every == cfg.eval_every
-    assert oracle.checkpoint_meta["train_samples"] + oracle.checkpoint_meta["val_samples"] < 300
+    assert oracle.checkpoint_meta["train_samples"] + oracle.checkpoint_meta["val_samples"] == 300
     key = json.dumps(OmegaConf.to_container(cfg.train), sort_keys=True)
     assert "digits" in key and len(list(tmp_path.glob("mlp-*.pt"))) == 1
 

@@ -76,7 +76,9 @@ def test_warm_start_saves_iterations_and_keeps_value():
     cold, pc = log_sinkhorn(C(x2)[0], eps=0.05, C_xx=C(x2)[1], C_yy=C(x2)[2], debias=True, tol=1e-4)
     warm, pw = log_sinkhorn(C(x2)[0], eps=0.05, C_xx=C(x2)[1], C_yy=C(x2)[2], debias=True, tol=1e-4, init=pot)
     assert pw.schedule_steps == 0 and pc.schedule_steps > 0
-    assert pw.iterations + pw.schedule_steps < 0.5 * (pc.iterations + pc.schedule_steps)
+    # 38 vs 60 updates (the cold start's scaling levels are alternating scaling-domain updates,
+    # cheaper in iterations than geomloss' symmetric ones: 0.5 held before that change)
+    assert pw.iterations + pw.schedule_steps < 0.7 * (pc.iterations + pc.schedule_steps)
     assert abs(float(warm) - float(cold)) <= 1e-4 * abs(float(cold))
 
 
