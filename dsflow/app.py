@@ -400,7 +400,31 @@ def stage_plots(ctx: RunContext) -> None:
         ctx.images["scatter"] = core.plot_scatter(panels, out / "scatter.png", seed=int(ctx.cfg.seed))
     if ctx.flowed is not None and ctx.source.is_image and ctx.target.is_image:
         ctx.images["images"] = core.plot_image_grid(panels, out / "images.png")
+    _trajectory_plots(ctx)
     ctx.loggers.log_images(ctx.images)
+
+
+def _trajectory_plots(ctx: RunContext) -> None:
+    """Per-part objective curves (weighted sums), class count (variable labels), and for
+    low-dimensional data the particle paths and a GIF (when ``flow.trajectory_every`` > 0)."""
+    from dsflow.plotting import trajectories as tp
+
+    out = ctx.run_dir
+    if any(len(r.get("parts") or {}) > 1 for r in ctx.records):
+        ctx.images["objective_parts"] = tp.plot_objective_parts(ctx.records, out / "objective_parts.png")
+    if getattr(ctx.dynamics, "variable_labels", False) and any("n_classes" in r for r in ctx.records):
+        ctx.images["class_count"] = tp.plot_class_count(ctx.records, out / "class_count.png")
+    arrays = _trajectory_arrays(ctx.result) if ctx.result is not None else {}
+    traj = arrays.get("trajectory")
+    if traj is None or len(traj) < 2 or ctx.source.d not in (2, 3):
+        return
+    y0 = ctx.source.y.detach().cpu().numpy()  # labels the particles started with (built from ctx.source)
+    tx, ty = ctx.target.x.detach().cpu().numpy(), ctx.target.y.detach().cpu().numpy()
+    title = f"{ctx.source.name} -> {ctx.target.name}"
+    ctx.images["trajectories"] = tp.plot_trajectories(
+        traj, y0, tx, ty, out / "trajectories.png", y_end=ctx.flowed.y, title=title, seed=int(ctx.cfg.seed))
+    tp.animate_trajectories(traj, y0, tx, ty, out / "trajectories.gif",
+                            steps=list(arrays.get("trajectory_steps", [])) or None, title=title)
 
 
 DEFAULT_STAGES: tuple[Stage, ...] = (

