@@ -257,7 +257,8 @@ class OTDD(Functional):
             target_self=tc.get("self"), overrelax=self.overrelax,
         )
         if self.warm_start and res.potentials is not None:
-            self._warm = res.potentials
+            # NaN potentials (non-finite costs) must not poison the next solve
+            self._warm = None if res.potentials.info.get("non_finite_cost") else res.potentials
         self.last_info = dict(res.info, time_labels=t1 - t0, time_outer=time.perf_counter() - t1, warm=init is not None)
         return res.value
 

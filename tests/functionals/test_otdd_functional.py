@@ -183,6 +183,8 @@ def test_huge_step_diverges_with_the_engines_nan_guard():
     x = src.x.clone()
     x[0, 0] = float("inf")
     assert not torch.isfinite(F(ParticleState(x=x, y=src.y)))
+    assert F._warm is None  # and the next finite state solves normally
+    assert torch.isfinite(F(ParticleState(x=src.x, y=src.y)))
 
 
 def test_resumed_flow_equals_uninterrupted_flow(tmp_path):
