@@ -87,6 +87,15 @@ class WeightedSum(Functional):
         for f in self.terms.values():
             f.reset()
 
+    def state_dict(self) -> dict:
+        """The parts' resumable state (e.g. OTDD warm starts), keyed by term name."""
+        return {k: f.state_dict() for k, f in self.terms.items() if hasattr(f, "state_dict")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, sub in state.items():
+            if k in self.terms and hasattr(self.terms[k], "load_state_dict"):
+                self.terms[k].load_state_dict(sub)
+
     def evaluate(self, state: ParticleState):
         total = None
         parts: dict[str, float] = {}

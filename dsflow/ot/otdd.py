@@ -76,6 +76,7 @@ def otdd(
     max_iter: int = 2000,
     allow_singletons: bool = False,
     overrelax: float = 1.8,
+    solver: str = "dsflow",
 ) -> OTDDResult:
     """Optimal Transport Dataset Distance (Alvarez-Melis & Fusi) between two labeled datasets.
 
@@ -98,6 +99,10 @@ def otdd(
     scaling, tol, max_iter:
         Epsilon-scaling factor per step (eps multiplies by ``scaling``), log-marginal
         tolerance and iteration limit at the target eps (defaults within 1% of converged).
+    solver:
+        ``"dsflow"`` (default: converges to ``tol``) or ``"geomloss"`` (geomloss
+        ``SamplesLoss(backend="tensorized")`` on the same augmented cost, its fixed
+        epsilon-scaling schedule; value only, no coupling), for the entropic outer problems.
     overrelax:
         Over-relaxation omega in [1, 2) of the final Sinkhorn phase (1 = plain Sinkhorn).
     gaussian_method, diagonal_cov, cov_ridge:
@@ -138,15 +143,34 @@ def otdd(
     _, idx_s = class_index(ys, cs)
     _, idx_t = class_index(yt, ct)
     t1 = time.perf_counter()
-    res = augmented_ot(
-        xs, idx_s, xt, idx_t,
-        LD.st if (use_labels and LD is not None) else None,
-        LD.ss if (use_labels and LD is not None) else None,
-        LD.tt if (use_labels and LD is not None) else None,
-        a=source_weights, b=target_weights, outer=outer, p=p, entreg=entreg,
-        feature_weight=feature_weight, label_weight=label_weight if use_labels else 0.0,
-        scaling=scaling, tol=tol, max_iter=max_iter, return_coupling=return_coupling, overrelax=overrelax,
-    )
+    if solver not in ("dsflow", "geomloss"):
+        raise ValueError(f"otdd: solver must be 'dsflow' or 'geomloss', got {solver!r}")
+    if solver == "geomloss":
+        if outer == "exact" or return_coupling:
+            raise ValueError("otdd: solver='geomloss' gives the entropic value only: use outer='sinkhorn' or "
+                             "'sinkhorn_biased' and return_coupling=False")
+        from dsflow.ot.geomloss_backend import geomloss_augmented_ot
+        from dsflow.ot.outer import OuterResult
+
+        value = geomloss_augmented_ot(
+            xs, idx_s, xt, idx_t,
+            LD.st if (use_labels and LD is not None) else None,
+            LD.ss if (use_labels and LD is not None) else None,
+            LD.tt if (use_labels and LD is not None) else None,
+            a=source_weights, b=target_weights, p=p, entreg=entreg, feature_weight=feature_weight,
+            label_weight=label_weight if use_labels else 0.0, debias=outer == "sinkhorn", scaling=scaling,
+        )
+        res = OuterResult(value=value)
+    else:
+        res = augmented_ot(
+            xs, idx_s, xt, idx_t,
+            LD.st if (use_labels and LD is not None) else None,
+            LD.ss if (use_labels and LD is not None) else None,
+            LD.tt if (use_labels and LD is not None) else None,
+            a=source_weights, b=target_weights, outer=outer, p=p, entreg=entreg,
+            feature_weight=feature_weight, label_weight=label_weight if use_labels else 0.0,
+            scaling=scaling, tol=tol, max_iter=max_iter, return_coupling=return_coupling, overrelax=overrelax,
+        )
     timings["outer"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     cost = res.value

@@ -254,3 +254,36 @@ def test_default_settings_within_one_percent_of_converged_on_a_digits_flow():
         opt.step()
     assert F.last_info["warm"]
     assert max(errors) < 1e-2, errors
+
+
+def test_resume_of_a_weighted_sum_with_otdd_is_exact(tmp_path):
+    # WeightedSum passes state_dict/load_state_dict through to its parts (the OTDD warm start)
+    from functools import partial
+
+    from dsflow.flow.dynamics import FeatureDriven
+    from dsflow.flow.engine import run_flow
+    from dsflow.functionals import BallConstraint, WeightedSum
+
+    src, tgt = _data(40, 3, 3, 21, dtype=torch.float32), _data(36, 3, 3, 22, shift=1.0, dtype=torch.float32)
+
+    def flow(**kw):
+        dyn = FeatureDriven()
+        st = dyn.init_state(src)
+        F = WeightedSum({"otdd": OTDD(entreg=0.1), "ball": {"weight": 0.5, "functional": BallConstraint(radius=1.0)}})
+        F.bind(target=tgt)
+        res = run_flow(st, F, dyn, partial(torch.optim.Adam, lr=0.05), steps=8, progress=False, seed=3, **kw)
+        return st, res, F
+
+    st_ref, ref, F_ref = flow()
+    assert set(F_ref.state_dict()) == {"otdd"}
+
+    def interrupt(step, record, state):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ck"
+    flow(checkpoint_every=4, checkpoint_dir=ck, callbacks=[interrupt])
+    st, res, _ = flow(checkpoint_every=4, checkpoint_dir=ck, resume=True)
+    assert res.resumed_from == 4
+    assert torch.equal(st.x.detach(), st_ref.x.detach())
+    assert [h["objective"] for h in res.history] == [h["objective"] for h in ref.history]

@@ -56,3 +56,24 @@ def test_feature_only_and_errors():
         geomloss_augmented_ot(xs, ys, xt, yt, torch.ones(3, 2, dtype=torch.float64), entreg=0.5)
     with pytest.raises(ValueError, match="entreg"):
         geomloss_augmented_ot(xs, ys, xt, yt, None, entreg=0.0)
+
+
+def test_otdd_and_functional_accept_the_geomloss_solver():
+    from dsflow import LabeledData, otdd
+    from dsflow.flow.state import ParticleState
+    from dsflow.functionals import OTDD
+
+    xs, ys, xt, yt, *_ = _problem(3, n=30, m=24, k=2, kk=2)
+    src, tgt = LabeledData(xs, ys), LabeledData(xt, yt)
+    ref = otdd(src, tgt, inner="gaussian", entreg=0.5, tol=1e-12, max_iter=20000).cost
+    got = otdd(src, tgt, inner="gaussian", entreg=0.5, solver="geomloss", scaling=0.999).cost
+    assert float(got) == pytest.approx(float(ref), rel=1e-5)
+    F = OTDD(entreg=0.5, solver="geomloss", scaling=0.999, target=tgt)
+    x = xs.clone().requires_grad_(True)
+    v = F(ParticleState(x=x, y=ys))
+    v.backward()
+    assert float(v) == pytest.approx(float(ref), rel=1e-5) and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="solver"):
+        OTDD(solver="pot")
+    with pytest.raises(ValueError, match="entropic"):
+        otdd(src, tgt, outer="exact", solver="geomloss")
