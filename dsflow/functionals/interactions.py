@@ -24,7 +24,7 @@ from typing import Mapping
 
 from dsflow.flow.state import ParticleState
 from dsflow.functionals.base import Functional
-from dsflow.functionals.potentials import _to_plain
+from dsflow.data.common import to_plain
 
 #: Default block budget: pair values per block (x ~5 intermediates of this size, float32).
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
@@ -85,7 +85,7 @@ class PairwiseInteraction(Functional):
     name = "interaction"
 
     def __init__(self, pair_weights: Mapping | None = None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
-        pw = _to_plain(pair_weights) or {}
+        pw = to_plain(pair_weights) or {}
         if not isinstance(pw, Mapping):
             raise TypeError(
                 "pair_weights must be a mapping {label_a: {label_b: weight}}, "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from dsflow.data.common import to_plain
 from dsflow.flow.state import ParticleState
 from dsflow.functionals.base import Functional
 
@@ -35,16 +36,6 @@ def _as_tensor(value, like, *, name: str, ndim: int | None = None):
     return t
 
 
-def _to_plain(value):
-    """OmegaConf containers -> plain Python (so parameters from Hydra configs work)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return value
 
 
 class PotentialEnergy(Functional):
@@ -96,7 +87,7 @@ class FeatureNorm(PotentialEnergy):
 
     def __init__(self, center=None, p: float = 2.0, squared: bool = False) -> None:
         super().__init__()
-        self.center = _to_plain(center)
+        self.center = to_plain(center)
         self.p = float(p)
         if self.p < 1:
             raise ValueError(f"FeatureNorm: p must be >= 1 (a norm), got {p}")
@@ -121,8 +112,8 @@ class AffineNorm(PotentialEnergy):
 
     def __init__(self, A=None, b=None, squared: bool = False) -> None:
         super().__init__()
-        self.A = _to_plain(A)
-        self.b = _to_plain(b)
+        self.A = to_plain(A)
+        self.b = to_plain(b)
         self.squared = bool(squared)
 
     def potential(self, x, y):
@@ -162,8 +153,8 @@ class ClassAffineNorm(PotentialEnergy):
 
     def __init__(self, A: Mapping | None = None, b: Mapping | None = None, squared: bool = False) -> None:
         super().__init__()
-        A = _to_plain(A) or {}
-        b = _to_plain(b) or {}
+        A = to_plain(A) or {}
+        b = to_plain(b) or {}
         if not isinstance(A, Mapping) or not isinstance(b, Mapping):
             raise TypeError(
                 "ClassAffineNorm: A and b must be mappings {label: matrix} / {label: vector}, "
@@ -224,7 +215,7 @@ class Hinge(PotentialEnergy):
 
     def __init__(self, w, b: float = 0.0, margin: float = 0.0, positive_label: int | None = None) -> None:
         super().__init__()
-        self.w = _to_plain(w)
+        self.w = to_plain(w)
         self.b = float(b)
         self.margin = float(margin)
         if self.margin < 0:
@@ -268,7 +259,7 @@ class BallConstraint(PotentialEnergy):
         self.radius = float(radius)
         if self.radius < 0:
             raise ValueError(f"BallConstraint: radius must be >= 0, got {radius}")
-        self.center = _to_plain(center)
+        self.center = to_plain(center)
 
     def potential(self, x, y):
         import torch
@@ -287,11 +278,11 @@ class Collapse(PotentialEnergy):
 
     def __init__(self, dims: Iterable[int] | None = None, center=0.0) -> None:
         super().__init__()
-        dims = _to_plain(dims)
+        dims = to_plain(dims)
         self.dims = None if dims is None else [int(d) for d in dims]
         if self.dims is not None and not self.dims:
             raise ValueError("Collapse: dims is empty; give at least one dimension or null for all")
-        self.center = _to_plain(center)
+        self.center = to_plain(center)
 
     def potential(self, x, y):
         if self.dims is not None:

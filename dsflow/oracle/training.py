@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import torch
 
+from dsflow.data.common import to_plain
 from dsflow.data.container import LabeledData
 from dsflow.oracle.networks import Oracle, make_oracle
 
@@ -84,15 +85,6 @@ def stratified_split(y, test_fraction: float, seed: int = 0):
 
 
 # ---------------------------------------------------------------------------- datasets
-def _to_plain(cfg) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return cfg
 
 
 def load_training_data(train) -> LabeledData:
@@ -112,7 +104,7 @@ def load_training_data(train) -> LabeledData:
         from dsflow.data import load_dataset  # provided by the data module
 
         return load_dataset(train)
-    cfg = _to_plain(train)
+    cfg = to_plain(train)
     if not isinstance(cfg, Mapping):
         raise TypeError(f"oracle.train must be a dataset config, a dataset name or LabeledData, got {type(train).__name__}")
     cfg = dict(cfg)
@@ -261,16 +253,16 @@ def _train_epochs(oracle, x, target, opt, gen, history, *, epochs, batch_size, d
 
 def label_indices(classes, y, what: str = "data"):
     """Column index in ``classes`` of every label in ``y``; raises on labels it lacks."""
-    classes = classes.to(y.device)
-    idx = torch.searchsorted(classes, y).clamp(max=classes.numel() - 1)
-    bad = classes[idx] != y
-    if bool(bad.any()):
-        missing = torch.unique(y[bad]).tolist()
+    from dsflow.ot.gaussian import class_index
+
+    missing = ~torch.isin(y, classes.to(y.device))
+    if bool(missing.any()):
         raise ValueError(
-            f"{what}: labels {missing[:10]} are not among the oracle's classes {classes.tolist()}; "
-            "relabel the data or add a class-correspondence layer (dsflow.oracle.class_correspondence)"
+            f"{what}: labels {torch.unique(y[missing]).tolist()[:10]} are not among the oracle's classes "
+            f"{classes.tolist()}; relabel the data or add a class-correspondence layer "
+            "(dsflow.oracle.class_correspondence)"
         )
-    return idx
+    return class_index(y, classes)[1]
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -342,9 +334,9 @@ def oracle_cache_key(architecture: str, options: Mapping, training: Mapping, tra
     if isinstance(train, LabeledData):
         train_key: Any = {"data_sha256": data_digest(train)}
     else:
-        train_key = _to_plain(train)
+        train_key = to_plain(train)
     blob = json.dumps(
-        {"architecture": str(architecture).lower(), "options": _to_plain(options), "training": dict(training),
+        {"architecture": str(architecture).lower(), "options": to_plain(options), "training": dict(training),
          "train": train_key, "format": CHECKPOINT_VERSION},
         sort_keys=True, default=str,
     )
@@ -398,7 +390,7 @@ def get_oracle(
     name, stage, correspondence:
         Config keys read by the app's oracle stage (`dsflow.oracle.stage`); ignored here.
     """
-    options = dict(_to_plain(options) or {})
+    options = dict(to_plain(options) or {})
     if checkpoint is not None:
         oracle = load_oracle(checkpoint, device=device, architecture=architecture, options=options,
                              input_dim=input_dim, image_shape=image_shape, classes=classes)
