@@ -170,6 +170,7 @@ class RunContext:
     optimizer: Any = None  # optimizer factory: params -> torch.optim.Optimizer
     state: Any = None  # initial ParticleState
     result: Any = None  # FlowResult
+    trajectory: dict = field(default_factory=dict)  # trajectory arrays for flowed.npz and plots
     flowed: Any = None  # LabeledData of the final particles
     records: list = field(default_factory=list)  # metrics rows, as written
     callbacks: list = field(default_factory=list)  # extra flow callbacks (step, record, state)
@@ -374,7 +375,7 @@ def stage_flow(ctx: RunContext) -> None:
 
 
 def stage_save(ctx: RunContext) -> None:
-    extra = _trajectory_arrays(ctx.result)
+    extra = ctx.trajectory = _trajectory_arrays(ctx.result)  # read once; the plots reuse it
     path = ctx.flowed.save_npz(ctx.run_dir / "flowed.npz", **extra)
     ctx.files["flowed"] = path
     if extra:
@@ -414,7 +415,7 @@ def _trajectory_plots(ctx: RunContext) -> None:
         ctx.images["objective_parts"] = tp.plot_objective_parts(ctx.records, out / "objective_parts.png")
     if getattr(ctx.dynamics, "variable_labels", False) and any("n_classes" in r for r in ctx.records):
         ctx.images["class_count"] = tp.plot_class_count(ctx.records, out / "class_count.png")
-    arrays = _trajectory_arrays(ctx.result) if ctx.result is not None else {}
+    arrays = ctx.trajectory
     traj = arrays.get("trajectory")
     if traj is None or len(traj) < 2 or ctx.source.d not in (2, 3):
         return
