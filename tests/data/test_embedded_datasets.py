@@ -121,3 +121,19 @@ def test_a_digits_classifier_fails_on_the_derived_domain():
     assert accuracy(base) > 0.85
     assert accuracy(digits(transform=["rotate90", "invert"])) < 0.25
     assert accuracy(digits(transform=["rotate90", "invert", "permute_labels"], seed=0)) < 0.25
+
+
+def test_digits_halves_are_fixed_stratified_and_disjoint():
+    from dsflow.data import digits
+
+    train, test = digits(split="train"), digits(split="test")
+    assert (train.n, test.n) == (901, 896)
+    a, b = set(train.meta["indices"]), set(test.meta["indices"])
+    assert not a & b and len(a | b) == 1797
+    assert (train.class_counts() - test.class_counts()).abs().max() <= 1  # stratified
+    # the halves do not move with the run seed; subsampling stays inside the half
+    assert digits(split="test", seed=7).meta["indices"] == test.meta["indices"]
+    sub = digits(split="test", n_per_class=5, seed=3)
+    assert sub.n == 50 and set(sub.meta["indices"]) <= b
+    with pytest.raises(ValueError, match="split must be one of all, train, test"):
+        digits(split="val")
