@@ -15,8 +15,11 @@ and the last trace equals the nuclear norm ``||F_1^T F_2||_*`` (same singular va
   ``L = P D^{1/2}``; then the same nuclear norm on ``L_1^T L_2`` (``d x d``).  Fast when
   ``n_c > d`` (low-dimensional data, ridge-shrunk covariances).
 
-Gradients are written by hand (`_CrossNuclear`): ``d||C||_* / dC = U V^T`` restricted to the
-numerically non-zero singular values.  This never divides by a difference of eigenvalues
+Gradients are written by hand (`_PairNuclear`): ``d||C||_* / dC = U V^T`` restricted to the
+numerically non-zero singular values.  The forward pass needs eigenvalues only; eigenvectors
+are computed in the backward pass, and only for class pairs that receive a non-negligible
+gradient (in OTDD: pairs of classes that exchange transport mass).  Self blocks
+(source-source, target-target) solve only the pairs ``i < j``.  This never divides by a difference of eigenvalues
 nor by a vanishing singular value, so gradients w.r.t. samples and factors are finite on
 singular covariances (constant pixels) by construction; ``||U V^T||_2 <= 1`` bounds them.
 """
@@ -163,45 +166,44 @@ def _sigma_rtol(dtype: torch.dtype, r: int, eig_dtype: torch.dtype | None = None
     return tol
 
 
-def _eigh(G: torch.Tensor):
-    """Batched symmetric eigendecomposition (ascending), fast on CPU.
+def _batched_eig(G: torch.Tensor, vectors: bool):
+    """``eigvalsh`` / ``eigh`` of a batch of small symmetric matrices.
 
-    torch's CPU ``eigh`` with eigenvectors was 14x slower than LAPACK's divide-and-conquer
-    driver called per matrix through scipy (100 Gram matrices of 200 x 200: 5.0 s vs 0.35 s),
-    so on CPU the batch is looped through ``scipy.linalg.eigh(driver="evd")``; the loop
-    is over class pairs, never over samples.  No autograd is needed here (custom backward).
+    Splitting the batch over Python threads looked 2x faster in isolation but made every
+    later torch call slower (up to 10x for a following ``eigvalsh``) on a 2-core machine:
+    the threads' OpenMP teams compete with the main one.  So the batch goes to torch in
+    one call.
     """
-    if G.device.type != "cpu" or G.shape[-1] < 16:
-        return torch.linalg.eigh(G)
-    import numpy as np
-    import scipy.linalg as sla
-
-    batch = G.shape[:-2]
-    n = G.shape[-1]
-    Gn = G.detach().reshape(-1, n, n).numpy()
-    lam = np.empty(Gn.shape[:2], dtype=Gn.dtype)
-    vec = np.empty_like(Gn)
-    for i in range(Gn.shape[0]):
-        lam[i], vec[i] = sla.eigh(Gn[i], driver="evd", check_finite=False)
-    return torch.from_numpy(lam).reshape(*batch, n), torch.from_numpy(vec).reshape(*batch, n, n)
+    return torch.linalg.eigh(G) if vectors else torch.linalg.eigvalsh(G)
 
 
-def _nuclear_from_C(C: torch.Tensor, in_dtype: torch.dtype, eig_dtype: torch.dtype, need_uv: bool):
-    """Nuclear norms of a batch ``C (..., r1, r2)`` and ``U V^T`` (masked), via a Gram eigh."""
+def _gram_side(C: torch.Tensor, eig_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(Cw, G, left)``: ``C`` in ``eig_dtype`` and its Gram matrix on the smaller side."""
     Cw = C.to(eig_dtype)
-    r1, r2 = Cw.shape[-2], Cw.shape[-1]
-    left = r1 <= r2  # eigen-problem on the smaller side
+    left = Cw.shape[-2] <= Cw.shape[-1]
     G = Cw @ Cw.mT if left else Cw.mT @ Cw
-    if not need_uv:
-        # values only (no gradient needed, e.g. detached fd statistics or a fixed target):
-        # LAPACK without eigenvectors is several times cheaper
-        sigma = torch.linalg.eigvalsh(G).clamp(min=0).sqrt()
-        return sigma.sum(-1).to(C.dtype), None
-    lam, V = _eigh(G)
+    return Cw, G, left
+
+
+def _nuclear_values(C: torch.Tensor, eig_dtype: torch.dtype) -> torch.Tensor:
+    """Nuclear norms of a batch ``C (P, r1, r2)``: eigenvalues only (no eigenvectors).
+
+    The Gram matrix squares the condition number, so it is formed and solved in
+    ``eig_dtype`` (float64 for float32 input): singular values are then resolved to
+    ``sqrt(eps64) ~ 1e-8`` of the largest, below the float32 rounding of ``C`` itself.
+    """
+    _, G, _ = _gram_side(C, eig_dtype)
+    return _batched_eig(G, vectors=False).clamp(min=0).sqrt().sum(-1).to(C.dtype)
+
+
+def _polar_factors(C: torch.Tensor, in_dtype: torch.dtype, eig_dtype: torch.dtype) -> torch.Tensor:
+    """``U V^T`` of ``C = U S V^T`` (batch ``(P, r1, r2)``), restricted to the numerically
+    non-zero singular values: the subgradient of the nuclear norm used by the backward."""
+    Cw, G, left = _gram_side(C, eig_dtype)
+    lam, V = _batched_eig(G, vectors=True)
     sigma = lam.clamp(min=0).sqrt()
-    values = sigma.sum(-1)
     smax = sigma.amax(-1, keepdim=True)
-    keep = sigma > _sigma_rtol(in_dtype, max(r1, r2), eig_dtype) * smax
+    keep = sigma > _sigma_rtol(in_dtype, max(C.shape[-2], C.shape[-1]), eig_dtype) * smax
     inv = torch.where(keep, 1.0 / sigma.clamp(min=torch.finfo(eig_dtype).tiny), torch.zeros_like(sigma))
     # left:  C = U S V^T with G = U S^2 U^T -> U V^T = U S^-1 U^T C
     # right: G = V S^2 V^T               -> U V^T = C V S^-1 V^T
@@ -209,7 +211,7 @@ def _nuclear_from_C(C: torch.Tensor, in_dtype: torch.dtype, eig_dtype: torch.dty
         uv = (V * inv[..., None, :]) @ (V.mT @ Cw)
     else:
         uv = (Cw @ V) * inv[..., None, :] @ V.mT
-    return values.to(C.dtype), uv.to(C.dtype)
+    return uv.to(C.dtype)
 
 
 def _square_factors(F: torch.Tensor, eig_dtype: torch.dtype):
@@ -219,7 +221,7 @@ def _square_factors(F: torch.Tensor, eig_dtype: torch.dtype):
     so ``F1^T F2 = Z1^T (L1^T L2) Z2`` has the singular values of ``L1^T L2``.
     """
     Fw = F.to(eig_dtype)
-    D, P = _eigh(Fw @ Fw.mT)
+    D, P = torch.linalg.eigh(Fw @ Fw.mT)
     D = D.clamp(min=0)
     keep = D > (_sigma_rtol(F.dtype, max(F.shape[-1], F.shape[-2]), eig_dtype) ** 2) * D.amax(-1, keepdim=True)
     # eigenvalues at the noise floor are dropped from L too: their square roots (~1e-8 of
@@ -240,55 +242,114 @@ def _pair_products(A: torch.Tensor, B: torch.Tensor, pairwise: bool) -> torch.Te
     return prod.reshape(k1, r1, k2, r2).permute(0, 2, 1, 3)
 
 
-class _CrossNuclear(torch.autograd.Function):
-    """``N[i, j] = ||F1_i^T F2_j||_*`` with backward ``dN/dF1 = F2 (UV^T)^T``, ``dN/dF2 = F1 UV^T``."""
+def _selected_products(L1: torch.Tensor, L2: torch.Tensor, I: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+    """``L1[I_p]^T L2[J_p]`` for a list of pairs, ``(P, r1, r2)``.
+
+    Dense pair lists (at least half of all ``k1 x k2`` pairs) use one GEMM over all pairs
+    and pick the requested ones; sparse lists gather the factors and use a batched product.
+    """
+    k1, k2 = L1.shape[0], L2.shape[0]
+    if I.numel() * 2 >= k1 * k2:
+        return _pair_products(L1, L2, True)[I, J]
+    return L1[I].mT @ L2[J]
+
+
+#: cap on the gathered factor copies in the sparse backward (elements per chunk of pairs)
+_GATHER_ELEMENTS = 1 << 25
+#: the forward keeps the pair products for the backward up to this many elements
+_SAVE_PRODUCTS_ELEMENTS = 1 << 26
+
+
+class _PairNuclear(torch.autograd.Function):
+    """``N_p = ||F1[I_p]^T F2[J_p]||_*`` for a list of distinct class pairs ``p``.
+
+    Forward: eigenvalues only.  Backward: ``dN/dF1 = F2 (UV^T)^T``, ``dN/dF2 = F1 UV^T``,
+    with the eigenvectors computed *only for pairs whose incoming gradient is not
+    negligible*.  In OTDD the gradient of a label distance ``W_ij`` is the transport mass
+    between classes ``i`` and ``j``; mismatched classes carry ``exp(-Delta/eps)`` of it,
+    which underflows, so most pairs are skipped.  A pair is skipped when its weight is at
+    most one rounding unit (``finfo(dtype).eps``) of the largest weight on both of its
+    classes: its term is then below the floating-point resolution of those classes'
+    gradients.  Exactly zero weights are always skipped.
+    """
 
     @staticmethod
-    def forward(ctx, F1, F2, pairwise: bool, method: str, eig_dtype):
-        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(ctx, F1, F2, I, J, method: str, eig_dtype):
         if method == "full":
             L1, Z1 = _square_factors(F1, eig_dtype)
-            L2, Z2 = _square_factors(F2, eig_dtype)
+            L2, Z2 = (L1, Z1) if F2 is F1 else _square_factors(F2, eig_dtype)
         else:
             L1, Z1, L2, Z2 = F1, None, F2, None
-        C = _pair_products(L1, L2, pairwise)
-        values, uv = _nuclear_from_C(C, F1.dtype, eig_dtype, need)
-        ctx.pairwise = pairwise
-        if need:
-            ctx.save_for_backward(L1, L2, uv, Z1 if Z1 is not None else torch.empty(0), Z2 if Z2 is not None else torch.empty(0))
+        C = _selected_products(L1, L2, I, J)
+        values = _nuclear_values(C, eig_dtype)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            empty = torch.empty(0)
+            keep_C = C.numel() <= _SAVE_PRODUCTS_ELEMENTS
+            ctx.save_for_backward(L1, L2, I, J, empty if Z1 is None else Z1, empty if Z2 is None else Z2,
+                                  C if keep_C else empty)
+            ctx.keep_C = keep_C
             ctx.full = method == "full"
+            ctx.eig_dtype = eig_dtype
+            ctx.in_dtype = F1.dtype
         return values
 
     @staticmethod
     def backward(ctx, grad):
-        L1, L2, uv, Z1, Z2 = ctx.saved_tensors
-        w = grad[..., None, None] * uv
-        if ctx.pairwise:
-            k1, d, r1 = L1.shape
-            k2, _, r2 = L2.shape
-            wm = w.permute(0, 2, 1, 3).reshape(k1 * r1, k2 * r2)  # rows (i, a), cols (j, b)
-            g1 = (wm @ L2.mT.reshape(k2 * r2, d)).reshape(k1, r1, d).mT
-            g2 = (wm.mT @ L1.mT.reshape(k1 * r1, d)).reshape(k2, r2, d).mT
-        else:
-            g1 = L2 @ w.mT
-            g2 = L1 @ w
+        L1, L2, I, J, Z1, Z2, C = ctx.saved_tensors
+        need1, need2 = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        k1, d, r1 = L1.shape
+        k2, _, r2 = L2.shape
+        mag = grad.abs()
+        # largest weight touching each class, on each side of the pairs
+        m1 = torch.zeros(k1, dtype=mag.dtype, device=mag.device).scatter_reduce(0, I, mag, "amax")
+        m2 = torch.zeros(k2, dtype=mag.dtype, device=mag.device).scatter_reduce(0, J, mag, "amax")
+        floor = torch.finfo(grad.dtype).eps * torch.minimum(m1[I], m2[J])
+        sel = torch.nonzero((mag > floor) & (mag > 0)).flatten()
+        g1 = torch.zeros_like(L1) if need1 else None
+        g2 = torch.zeros_like(L2) if need2 else None
+        if sel.numel() * 2 >= k1 * k2:
+            # dense: one eigenproblem batch, then the gradients as two GEMMs over all pairs
+            Cs = C[sel] if ctx.keep_C else _selected_products(L1, L2, I[sel], J[sel])
+            w = grad[sel, None, None].to(Cs.dtype) * _polar_factors(Cs, ctx.in_dtype, ctx.eig_dtype)
+            Wm = torch.zeros(k1, k2, r1, r2, dtype=w.dtype, device=w.device).index_put((I[sel], J[sel]), w)
+            Wm = Wm.permute(0, 2, 1, 3).reshape(k1 * r1, k2 * r2)  # rows (i, a), cols (j, b)
+            if need1:
+                g1 = (Wm @ L2.mT.reshape(k2 * r2, d)).reshape(k1, r1, d).mT
+            if need2:
+                g2 = (Wm.mT @ L1.mT.reshape(k1 * r1, d)).reshape(k2, r2, d).mT
+        elif sel.numel():
+            # sparse: gathered factors of the selected pairs, in chunks bounded in memory
+            chunk = max(1, _GATHER_ELEMENTS // (d * (r1 + r2)))
+            for s in sel.split(chunk):
+                Is, Js = I[s], J[s]
+                A, B = L1[Is], L2[Js]
+                Cs = C[s] if ctx.keep_C else A.mT @ B
+                w = grad[s, None, None].to(Cs.dtype) * _polar_factors(Cs, ctx.in_dtype, ctx.eig_dtype)
+                if need1:
+                    g1.index_add_(0, Is, B @ w.mT)
+                if need2:
+                    g2.index_add_(0, Js, A @ w)
         if ctx.full:
-            g1 = g1 @ Z1
-            g2 = g2 @ Z2
-        return g1, g2, None, None, None
+            g1 = g1 @ Z1 if need1 else None
+            g2 = g2 @ Z2 if need2 else None
+        return g1, g2, None, None, None, None
 
 
-def choose_bures_method(d: int, r1: int, r2: int, k1: int = 1, k2: int = 1, pairwise: bool = True) -> str:
+def choose_bures_method(
+    d: int, r1: int, r2: int, k1: int = 1, k2: int = 1, pairwise: bool = True, *, classes: int | None = None
+) -> str:
     """``"lowrank"`` or ``"full"``: the route with the smaller flop estimate.
 
-    lowrank: per pair a ``r1 x r2`` product over ``d`` plus a ``min(r)^3`` eigh;
-    full: per class a ``d^3`` eigh and per pair ``d x d`` products and eigh.  Symmetric
-    eigensolvers cost ~9 n^3 flops, products 2 n^3.
+    lowrank: per pair a ``r1 x r2`` product over ``d``, its Gram matrix and a ``min(r)^3``
+    eigenvalue problem; full: per class (``classes``, default ``k1 + k2``) a ``d x d``
+    eigendecomposition with vectors, per pair ``d x d`` products and eigenvalues.
+    Symmetric eigensolvers cost ~9 n^3 flops with vectors and ~4 n^3 without, products 2 n^3.
     """
     pairs = k1 * k2 if pairwise else max(k1, k2)
+    classes = k1 + k2 if classes is None else classes
     rmin = min(r1, r2)
-    lowrank = pairs * (2.0 * r1 * r2 * d + 2.0 * r1 * r2 * rmin + 9.0 * rmin**3)
-    full = (k1 + k2) * (2.0 * d * d * max(r1, r2) + 9.0 * d**3) + pairs * (4.0 * d**3 + 9.0 * d**3)
+    lowrank = pairs * (2.0 * r1 * r2 * d + 2.0 * r1 * r2 * rmin + 4.0 * rmin**3)
+    full = classes * (2.0 * d * d * max(r1, r2) + 9.0 * d**3) + pairs * (4.0 * d**3 + 4.0 * d**3)
     return "lowrank" if lowrank <= full else "full"
 
 
@@ -299,22 +360,46 @@ def _eig_dtype_for(dtype: torch.dtype, eig_dtype):
     return torch.float64 if dtype in (torch.float32, torch.float16, torch.bfloat16) else dtype
 
 
-def cross_nuclear(F1, F2, *, pairwise: bool = True, method: str = "auto", eig_dtype=None) -> torch.Tensor:
+def cross_nuclear(F1, F2=None, *, pairwise: bool = True, method: str = "auto", eig_dtype=None) -> torch.Tensor:
     """``tr((S1^{1/2} S2 S1^{1/2})^{1/2}) = ||F1^T F2||_*`` for factor batches.
 
     ``F1 (k1, d, r1)``, ``F2 (k2, d, r2)``; ``pairwise=True`` gives ``(k1, k2)``, otherwise
-    ``k1 == k2`` and the result is ``(k1,)``.
+    ``k1 == k2`` and the result is ``(k1,)``.  ``F2=None`` means ``F2 = F1`` (a
+    self block): only the pairs ``i < j`` are solved, the diagonal is ``tr S_i`` exactly
+    and the matrix is symmetric.
     """
+    same = F2 is None
+    if same:
+        F2 = F1
     if F1.ndim != 3 or F2.ndim != 3 or F1.shape[1] != F2.shape[1]:
         raise ValueError(f"factors must be (k, d, r) with equal d, got {tuple(F1.shape)} and {tuple(F2.shape)}")
     if not pairwise and F1.shape[0] != F2.shape[0]:
         raise ValueError("elementwise Bures distance needs batches of equal size; use pairwise=True")
+    k1, k2 = F1.shape[0], F2.shape[0]
     if method == "auto":
-        method = choose_bures_method(F1.shape[1], F1.shape[2], F2.shape[2], F1.shape[0], F2.shape[0], pairwise)
+        pairs = k1 * (k1 - 1) // 2 if (same and pairwise) else (k1 * k2 if pairwise else k1)
+        method = choose_bures_method(F1.shape[1], F1.shape[2], F2.shape[2], 1, max(pairs, 1), True, classes=k1 + (0 if same else k2))
     if method not in ("lowrank", "full"):
         raise ValueError(f"method must be 'auto', 'lowrank' or 'full', got {method!r}")
     F2 = F2.to(F1.dtype)
-    return _CrossNuclear.apply(F1, F2, pairwise, method, _eig_dtype_for(F1.dtype, eig_dtype))
+    ew = _eig_dtype_for(F1.dtype, eig_dtype)
+    dev = F1.device
+    if not pairwise:
+        I = J = torch.arange(k1, device=dev)
+        if same:
+            return (F1**2).sum((1, 2))
+        return _PairNuclear.apply(F1, F2, I, J, method, ew)
+    if same:
+        I, J = torch.triu_indices(k1, k1, offset=1, device=dev)
+        diag = (F1**2).sum((1, 2))  # ||F_i^T F_i||_* = tr(F_i^T F_i): exact, no eigenproblem
+        if I.numel() == 0:
+            return torch.diag(diag)
+        vals = _PairNuclear.apply(F1, F1, I, J, method, ew)
+        upper = torch.zeros(k1, k1, dtype=vals.dtype, device=dev).index_put((I, J), vals)
+        return upper + upper.mT + torch.diag(diag)
+    I = torch.arange(k1, device=dev).repeat_interleave(k2)
+    J = torch.arange(k2, device=dev).repeat(k1)
+    return _PairNuclear.apply(F1, F2, I, J, method, ew).reshape(k1, k2)
 
 
 def _mean_sqdist(m1, m2, pairwise: bool):
@@ -327,8 +412,8 @@ def _mean_sqdist(m1, m2, pairwise: bool):
 def bures_w2_factors(
     m1: torch.Tensor,
     F1: torch.Tensor,
-    m2: torch.Tensor,
-    F2: torch.Tensor,
+    m2: torch.Tensor | None = None,
+    F2: torch.Tensor | None = None,
     *,
     pairwise: bool = True,
     method: str = "auto",
@@ -338,24 +423,37 @@ def bures_w2_factors(
     """Squared Bures-Wasserstein distance between ``N(m1, F1 F1^T)`` and ``N(m2, F2 F2^T)``.
 
     Shapes ``m (k, d)``, ``F (k, d, r)``.  ``pairwise=True`` returns the ``(k1, k2)`` matrix
-    of all pairs; otherwise elementwise ``(k,)``.  ``method``: ``"auto"`` (by flop
-    estimate), ``"lowrank"`` or ``"full"`` (same value).  ``ridge > 0`` shrinks every
-    covariance to ``Sigma + ridge * I`` (factor ``[F, sqrt(ridge) I]``, which makes the
-    full route the natural one).  Differentiable in means and factors with finite gradients
-    even for singular covariances.  Result clamped at 0 (round-off).
+    of all pairs; otherwise elementwise ``(k,)``.  Leaving out ``m2, F2`` gives the self
+    block (all pairs of the first batch): symmetric, zero diagonal, half the work.
+    ``method``: ``"auto"`` (by flop estimate), ``"lowrank"`` or ``"full"`` (same value).
+    ``ridge > 0`` shrinks every covariance to ``Sigma + ridge * I`` (factor
+    ``[F, sqrt(ridge) I]``, which makes the full route the natural one).  Differentiable in
+    means and factors with finite gradients even for singular covariances.  Result clamped
+    at 0 (round-off).
     """
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
+    same = F2 is None
+    if same != (m2 is None):
+        raise ValueError("bures_w2_factors: pass both m2 and F2, or neither (self block)")
     if ridge > 0:
         d = F1.shape[1]
         eye = math.sqrt(ridge) * torch.eye(d, dtype=F1.dtype, device=F1.device)
         F1 = torch.cat([F1, eye.expand(F1.shape[0], d, d)], dim=2)
-        F2 = torch.cat([F2, eye.to(F2.dtype).expand(F2.shape[0], d, d)], dim=2)
+        if not same:
+            F2 = torch.cat([F2, eye.to(F2.dtype).expand(F2.shape[0], d, d)], dim=2)
     nuc = cross_nuclear(F1, F2, pairwise=pairwise, method=method, eig_dtype=eig_dtype)
     tr1 = (F1**2).sum((1, 2))
-    tr2 = (F2**2).sum((1, 2))
+    if same:
+        m2, tr2 = m1, tr1
+    else:
+        tr2 = (F2**2).sum((1, 2))
     traces = tr1[:, None] + tr2[None, :] if pairwise else tr1 + tr2
-    return (_mean_sqdist(m1, m2, pairwise) + traces - 2.0 * nuc).clamp(min=0)
+    W = (_mean_sqdist(m1, m2, pairwise) + traces - 2.0 * nuc).clamp(min=0)
+    if same:
+        # a Gaussian is at distance 0 from itself: exact zeros, not round-off
+        W = W.masked_fill(torch.eye(W.shape[0], dtype=torch.bool, device=W.device), 0.0) if pairwise else torch.zeros_like(W)
+    return W
 
 
 def bures_w2(m1, S1, m2, S2, *, pairwise: bool = False, eig_dtype=None) -> torch.Tensor:

@@ -149,3 +149,76 @@ def test_finite_gradients_on_singular_digit_covariances():
         (gx,) = torch.autograd.grad(W.sum(), x, retain_graph=True)
         assert torch.isfinite(W).all() and torch.isfinite(gx).all()
         assert float(gx.abs().max()) > 0
+
+
+# --- self blocks and the lazy (gradient-driven) eigenvectors ---------------------------
+
+
+def _svd_reference_nuclear(F1, F2):
+    """Pairwise ``||F1_i^T F2_j||_*`` by autograd through ``svdvals`` (an independent route;
+    differentiable here because the random test matrices have distinct singular values)."""
+    C = F1.mT[:, None] @ F2[None]
+    return torch.linalg.svdvals(C).sum(-1)
+
+
+@pytest.mark.parametrize("method", ["lowrank", "full"])
+def test_self_block_equals_pairwise_with_itself(method):
+    m, F = _random_factors(5, 6, 4, 11)
+    full = bures_w2_factors(m, F, m, F, method=method)
+    self_block = bures_w2_factors(m, F, method=method)
+    np.testing.assert_allclose(self_block.numpy(), full.numpy(), rtol=1e-9, atol=1e-9)
+    assert torch.equal(self_block, self_block.mT) and float(self_block.diagonal().abs().max()) == 0.0
+    # gradients: the i < j pairs count once per side, like the full matrix's two triangles
+    weights = torch.randn(5, 5, dtype=torch.float64)
+    weights = weights + weights.mT
+    args = tuple(t.clone().requires_grad_() for t in (m, F))
+    assert torch.autograd.gradcheck(lambda a, b: (bures_w2_factors(a, b, method=method) * weights).sum(), args,
+                                    eps=1e-6, atol=1e-5)
+    assert float(bures_w2_factors(m, F, pairwise=False).abs().max()) == 0.0
+
+
+def test_lazy_backward_matches_svd_reference_for_sparse_and_dense_weights():
+    from dsflow.ot.gaussian import cross_nuclear
+
+    _, F1 = _random_factors(4, 7, 3, 12)
+    _, F2 = _random_factors(5, 7, 4, 13)
+    g = torch.Generator().manual_seed(3)
+    dense = torch.randn(4, 5, dtype=torch.float64, generator=g)
+    sparse = dense * (torch.rand(4, 5, generator=g) < 0.3)  # below half the pairs: gathered path
+    for weights in (dense, sparse):
+        a, b = F1.clone().requires_grad_(), F2.clone().requires_grad_()
+        (cross_nuclear(a, b) * weights).sum().backward()
+        ra, rb = F1.clone().requires_grad_(), F2.clone().requires_grad_()
+        (_svd_reference_nuclear(ra, rb) * weights).sum().backward()
+        np.testing.assert_allclose(a.grad.numpy(), ra.grad.numpy(), rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(b.grad.numpy(), rb.grad.numpy(), rtol=1e-9, atol=1e-11)
+
+
+def test_backward_solves_eigenvectors_only_for_pairs_with_weight(monkeypatch):
+    import dsflow.ot.gaussian as G
+
+    calls = []
+    real = G._polar_factors
+
+    def spy(C, *args):
+        calls.append(C.shape[0])
+        return real(C, *args)
+
+    monkeypatch.setattr(G, "_polar_factors", spy)
+    _, F1 = _random_factors(6, 8, 5, 14)
+    _, F2 = _random_factors(6, 8, 5, 15)
+    a = F1.clone().requires_grad_()
+    # OTDD-like weights: mass on matched classes, underflowed or round-off-sized elsewhere
+    weights = torch.full((6, 6), 1e-30, dtype=torch.float64)
+    weights.fill_diagonal_(1.0)
+    weights[0, 1] = 0.0
+    weights[2, 3] = 0.25
+    (G.cross_nuclear(a, F2) * weights).sum().backward()
+    assert sum(calls) == 7  # the 6 matched pairs and (2, 3)
+    ref = F1.clone().requires_grad_()
+    (_svd_reference_nuclear(ref, F2) * weights).sum().backward()
+    np.testing.assert_allclose(a.grad.numpy(), ref.grad.numpy(), rtol=1e-9, atol=1e-12)
+    # no gradient needed: no eigenvectors at all
+    calls.clear()
+    G.cross_nuclear(F1, F2)
+    assert calls == []
