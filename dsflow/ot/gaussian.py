@@ -242,22 +242,36 @@ def _pair_products(A: torch.Tensor, B: torch.Tensor, pairwise: bool) -> torch.Te
     return prod.reshape(k1, r1, k2, r2).permute(0, 2, 1, 3)
 
 
-def _selected_products(L1: torch.Tensor, L2: torch.Tensor, I: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
-    """``L1[I_p]^T L2[J_p]`` for a list of pairs, ``(P, r1, r2)``.
-
-    Dense pair lists (at least half of all ``k1 x k2`` pairs) use one GEMM over all pairs
-    and pick the requested ones; sparse lists gather the factors and use a batched product.
-    """
-    k1, k2 = L1.shape[0], L2.shape[0]
-    if I.numel() * 2 >= k1 * k2:
-        return _pair_products(L1, L2, True)[I, J]
-    return L1[I].mT @ L2[J]
-
-
-#: cap on the gathered factor copies in the sparse backward (elements per chunk of pairs)
-_GATHER_ELEMENTS = 1 << 25
+#: memory bound of every batched intermediate (elements): gathered factors, pair products,
+#: float64 Gram matrices.  2^25 elements = 128 MiB in float32, 256 MiB in float64.
+_CHUNK_ELEMENTS = 1 << 25
 #: the forward keeps the pair products for the backward up to this many elements
 _SAVE_PRODUCTS_ELEMENTS = 1 << 26
+
+
+def _dense_pairs(n_pairs: int, k1: int, r1: int, k2: int, r2: int) -> bool:
+    """Whether one GEMM over all ``k1 x k2`` pairs beats per-pair products: at least half
+    of the pairs are wanted, and the full product fits the memory bound."""
+    return 2 * n_pairs >= k1 * k2 and k1 * r1 * k2 * r2 <= 2 * _CHUNK_ELEMENTS
+
+
+def _pair_chunks(idx: torch.Tensor, per_pair: int):
+    """Split a list of pair positions so that each chunk holds at most ``_CHUNK_ELEMENTS``."""
+    return idx.split(max(1, _CHUNK_ELEMENTS // max(per_pair, 1)))
+
+
+def _products_in_chunks(L1, L2, I, J):
+    """Yield ``(positions, L1[I_p]^T L2[J_p])`` over chunks of the pair list."""
+    k1, d, r1 = L1.shape
+    k2, _, r2 = L2.shape
+    pos = torch.arange(I.numel(), device=I.device)
+    if _dense_pairs(I.numel(), k1, r1, k2, r2):
+        full = _pair_products(L1, L2, True)
+        for s in _pair_chunks(pos, r1 * r2):
+            yield s, full[I[s], J[s]]
+        return
+    for s in _pair_chunks(pos, d * (r1 + r2) + r1 * r2):
+        yield s, L1[I[s]].mT @ L2[J[s]]
 
 
 class _PairNuclear(torch.autograd.Function):
@@ -270,7 +284,9 @@ class _PairNuclear(torch.autograd.Function):
     which underflows, so most pairs are skipped.  A pair is skipped when its weight is at
     most one rounding unit (``finfo(dtype).eps``) of the largest weight on both of its
     classes: its term is then below the floating-point resolution of those classes'
-    gradients.  Exactly zero weights are always skipped.
+    gradients.  Exactly zero weights are always skipped.  Every intermediate is computed
+    in chunks of pairs bounded by ``_CHUNK_ELEMENTS`` (CIFAR-sized full-route problems
+    have 3072 x 3072 matrices per pair).
     """
 
     @staticmethod
@@ -280,13 +296,18 @@ class _PairNuclear(torch.autograd.Function):
             L2, Z2 = (L1, Z1) if F2 is F1 else _square_factors(F2, eig_dtype)
         else:
             L1, Z1, L2, Z2 = F1, None, F2, None
-        C = _selected_products(L1, L2, I, J)
-        values = _nuclear_values(C, eig_dtype)
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        keep_C = need and I.numel() * L1.shape[2] * L2.shape[2] <= _SAVE_PRODUCTS_ELEMENTS
+        values = torch.empty(I.numel(), dtype=F1.dtype, device=F1.device)
+        kept = []
+        for s, C in _products_in_chunks(L1, L2, I, J):
+            values[s] = _nuclear_values(C, eig_dtype)
+            if keep_C:
+                kept.append(C)
+        if need:
             empty = torch.empty(0)
-            keep_C = C.numel() <= _SAVE_PRODUCTS_ELEMENTS
             ctx.save_for_backward(L1, L2, I, J, empty if Z1 is None else Z1, empty if Z2 is None else Z2,
-                                  C if keep_C else empty)
+                                  torch.cat(kept) if keep_C else empty)
             ctx.keep_C = keep_C
             ctx.full = method == "full"
             ctx.eig_dtype = eig_dtype
@@ -307,28 +328,30 @@ class _PairNuclear(torch.autograd.Function):
         sel = torch.nonzero((mag > floor) & (mag > 0)).flatten()
         g1 = torch.zeros_like(L1) if need1 else None
         g2 = torch.zeros_like(L2) if need2 else None
-        if sel.numel() * 2 >= k1 * k2:
-            # dense: one eigenproblem batch, then the gradients as two GEMMs over all pairs
-            Cs = C[sel] if ctx.keep_C else _selected_products(L1, L2, I[sel], J[sel])
-            w = grad[sel, None, None].to(Cs.dtype) * _polar_factors(Cs, ctx.in_dtype, ctx.eig_dtype)
-            Wm = torch.zeros(k1, k2, r1, r2, dtype=w.dtype, device=w.device).index_put((I[sel], J[sel]), w)
+
+        def weighted_polar(s, Cs):
+            return grad[s, None, None].to(Cs.dtype) * _polar_factors(Cs, ctx.in_dtype, ctx.eig_dtype)
+
+        if _dense_pairs(sel.numel(), k1, r1, k2, r2):
+            # dense: the weighted polar factors in one (k1 r1, k2 r2) matrix, then one GEMM per side
+            Wm = torch.zeros(k1, k2, r1, r2, dtype=L1.dtype, device=L1.device)
+            for s in _pair_chunks(sel, r1 * r2):
+                Cs = C[s] if ctx.keep_C else L1[I[s]].mT @ L2[J[s]]
+                Wm[I[s], J[s]] = weighted_polar(s, Cs)
             Wm = Wm.permute(0, 2, 1, 3).reshape(k1 * r1, k2 * r2)  # rows (i, a), cols (j, b)
             if need1:
                 g1 = (Wm @ L2.mT.reshape(k2 * r2, d)).reshape(k1, r1, d).mT
             if need2:
                 g2 = (Wm.mT @ L1.mT.reshape(k1 * r1, d)).reshape(k2, r2, d).mT
-        elif sel.numel():
-            # sparse: gathered factors of the selected pairs, in chunks bounded in memory
-            chunk = max(1, _GATHER_ELEMENTS // (d * (r1 + r2)))
-            for s in sel.split(chunk):
-                Is, Js = I[s], J[s]
-                A, B = L1[Is], L2[Js]
-                Cs = C[s] if ctx.keep_C else A.mT @ B
-                w = grad[s, None, None].to(Cs.dtype) * _polar_factors(Cs, ctx.in_dtype, ctx.eig_dtype)
+        else:
+            # sparse: gathered factors of the selected pairs
+            for s in _pair_chunks(sel, d * (r1 + r2) + r1 * r2):
+                A, B = L1[I[s]], L2[J[s]]
+                w = weighted_polar(s, C[s] if ctx.keep_C else A.mT @ B)
                 if need1:
-                    g1.index_add_(0, Is, B @ w.mT)
+                    g1.index_add_(0, I[s], B @ w.mT)
                 if need2:
-                    g2.index_add_(0, Js, A @ w)
+                    g2.index_add_(0, J[s], A @ w)
         if ctx.full:
             g1 = g1 @ Z1 if need1 else None
             g2 = g2 @ Z2 if need2 else None

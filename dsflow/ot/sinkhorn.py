@@ -57,9 +57,42 @@ def _softmin(neg_C_over_eps: torch.Tensor, h: torch.Tensor, eps: float) -> torch
     return -eps * _logsumexp_last(neg_C_over_eps + h[:, None, :], inplace=True)
 
 
+class _Softmin(torch.autograd.Function):
+    """c-transform with a hand-written backward: ``d f_i / d C_ij = P_ij`` (the row-softmax
+    of ``h_j - C_ij/eps``), ``d f_i / d h_j = -eps P_ij``.
+
+    Autograd through `_logsumexp_last` kept five ``(B, n, m)`` intermediates and replayed
+    them backward; here the forward works in one scratch buffer and saves only the
+    per-row log-normaliser, and the backward rebuilds ``P`` in one buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, C, h, eps: float):
+        z = torch.mul(C, -1.0 / eps).add_(h[..., None, :])
+        lse = _logsumexp_last(z, inplace=True)
+        ctx.save_for_backward(C, h, lse)
+        ctx.eps = eps
+        return -eps * lse
+
+    @staticmethod
+    def backward(ctx, grad):
+        C, h, lse = ctx.saved_tensors
+        e = ctx.eps
+        # P = exp(h - C/e - lse), exponent floored as in the forward (entries below e^-80 of
+        # the row are zero in float32 and float64 alike)
+        P = torch.mul(C, -1.0 / e).add_(h[..., None, :]).sub_(lse[..., None]).clamp_(min=_EXP_FLOOR).exp_()
+        gh = None
+        if ctx.needs_input_grad[1]:
+            gh = -e * (grad[..., None, :] @ P)[..., 0, :]
+        gC = P.mul_(grad[..., :, None]) if ctx.needs_input_grad[0] else None
+        return gC, gh, None
+
+
 def softmin(eps: float, C: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Differentiable c-transform ``-eps log sum_j exp(h_j - C_ij/eps)`` (``(B,n,m)``, ``(B,m)``)."""
-    return -eps * _logsumexp_last(h[:, None, :] - C / eps)
+    if torch.is_grad_enabled() and (C.requires_grad or h.requires_grad):
+        return _Softmin.apply(C, h, eps)
+    return -eps * _logsumexp_last(torch.mul(C, -1.0 / eps).add_(h[..., None, :]), inplace=True)
 
 
 def epsilon_schedule(eps0: float, eps: float, scaling: float) -> list[float]:
