@@ -166,17 +166,6 @@ def _sigma_rtol(dtype: torch.dtype, r: int, eig_dtype: torch.dtype | None = None
     return tol
 
 
-def _batched_eig(G: torch.Tensor, vectors: bool):
-    """``eigvalsh`` / ``eigh`` of a batch of small symmetric matrices.
-
-    Splitting the batch over Python threads looked 2x faster in isolation but made every
-    later torch call slower (up to 10x for a following ``eigvalsh``) on a 2-core machine:
-    the threads' OpenMP teams compete with the main one.  So the batch goes to torch in
-    one call.
-    """
-    return torch.linalg.eigh(G) if vectors else torch.linalg.eigvalsh(G)
-
-
 def _gram_side(C: torch.Tensor, eig_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """``(Cw, G, left)``: ``C`` in ``eig_dtype`` and its Gram matrix on the smaller side."""
     Cw = C.to(eig_dtype)
@@ -193,14 +182,16 @@ def _nuclear_values(C: torch.Tensor, eig_dtype: torch.dtype) -> torch.Tensor:
     ``sqrt(eps64) ~ 1e-8`` of the largest, below the float32 rounding of ``C`` itself.
     """
     _, G, _ = _gram_side(C, eig_dtype)
-    return _batched_eig(G, vectors=False).clamp(min=0).sqrt().sum(-1).to(C.dtype)
+    return torch.linalg.eigvalsh(G).clamp(min=0).sqrt().sum(-1).to(C.dtype)
 
 
 def _polar_factors(C: torch.Tensor, in_dtype: torch.dtype, eig_dtype: torch.dtype) -> torch.Tensor:
     """``U V^T`` of ``C = U S V^T`` (batch ``(P, r1, r2)``), restricted to the numerically
     non-zero singular values: the subgradient of the nuclear norm used by the backward."""
     Cw, G, left = _gram_side(C, eig_dtype)
-    lam, V = _batched_eig(G, vectors=True)
+    # one batched call: splitting the batch over Python threads looked 2x faster alone but
+    # slowed later torch calls up to 10x on 2 cores (competing OpenMP teams)
+    lam, V = torch.linalg.eigh(G)
     sigma = lam.clamp(min=0).sqrt()
     smax = sigma.amax(-1, keepdim=True)
     keep = sigma > _sigma_rtol(in_dtype, max(C.shape[-2], C.shape[-1]), eig_dtype) * smax
@@ -343,7 +334,7 @@ class _PairNuclear(torch.autograd.Function):
                 g1 = (Wm @ L2.mT.reshape(k2 * r2, d)).reshape(k1, r1, d).mT
             if need2:
                 g2 = (Wm.mT @ L1.mT.reshape(k1 * r1, d)).reshape(k2, r2, d).mT
-        else:
+        elif sel.numel():
             # sparse: gathered factors of the selected pairs
             for s in _pair_chunks(sel, d * (r1 + r2) + r1 * r2):
                 A, B = L1[I[s]], L2[J[s]]

@@ -78,9 +78,12 @@ class _Softmin(torch.autograd.Function):
     def backward(ctx, grad):
         C, h, lse = ctx.saved_tensors
         e = ctx.eps
-        # P = exp(h - C/e - lse), exponent floored as in the forward (entries below e^-80 of
-        # the row are zero in float32 and float64 alike)
+        # P = exp(h - C/e - lse).  Entries below e^-80 of the row are floored (fast exp, see
+        # _EXP_FLOOR) and then set to exactly 0 by subtracting the floor's own exp: their true
+        # values are below float64 resolution, and exact zeros let the label model skip
+        # pairs of classes that exchange no mass (see dsflow.ot.gaussian._PairNuclear).
         P = torch.mul(C, -1.0 / e).add_(h[..., None, :]).sub_(lse[..., None]).clamp_(min=_EXP_FLOOR).exp_()
+        P.sub_(math.exp(_EXP_FLOOR))
         gh = None
         if ctx.needs_input_grad[1]:
             gh = -e * (grad[..., None, :] @ P)[..., 0, :]
