@@ -120,7 +120,8 @@ def bench_otdd(args):
     out["rss_after_one_otdd_mib"] = rss()
     out["otdd_step_peak_extra_mib"] = out["rss_after_one_otdd_mib"] - out["rss_before_mib"]
     configs = {
-        "ours": ours,  # otdd() defaults: tol=None -> 0.1 for a value
+        "ours": ours,  # otdd() defaults: tol=None -> 0.01 when a gradient is taken
+        "ours_tol0.1": lambda: ours(tol=0.1),  # the flow functional's setting
         "ours_tol1e-3": lambda: ours(tol=1e-3),
         "ours_features_tol0.1": lambda: ours(tol=0.1, inner="none"),
         "ours_features_tol1e-3": lambda: ours(tol=1e-3, inner="none"),
@@ -145,7 +146,7 @@ def bench_otdd(args):
     out["ours_tol1e-3_timings"] = r.timings
     out["ours_rel_diff_vs_tol1e-3"] = abs(float(r1.cost) - float(r.cost)) / abs(float(r.cost))
     out["floor_levels"] = levels
-    for name in ("ours", "ours_tol1e-3", "ours_features_tol0.1", "ours_features_tol1e-3"):
+    for name in ("ours", "ours_tol0.1", "ours_tol1e-3", "ours_features_tol0.1", "ours_features_tol1e-3"):
         out[f"ratio_{name}_to_geomloss"] = out[name + "_s"] / out["geomloss_s"]
         out[f"ratio_{name}_to_geomloss_median"] = out[name + "_median_s"] / out["geomloss_median_s"]
     out["feature_only_tol0.1"] = float(rf.cost)
@@ -157,7 +158,39 @@ def bench_otdd(args):
     out["feature_only_ours"] = float(feat.cost)
     out["feature_only_geomloss_x2"] = 2 * float(gv.detach())
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.accuracy:
+        out.update(_accuracy(xs, y, xt, entreg, blur))
     print(json.dumps(out))
+    return out
+
+
+def _accuracy(xs, y, xt, entreg, blur):
+    """Relative value and gradient errors against a float64 ``tol=1e-7`` solve (slow: minutes)."""
+    import torch
+    from geomloss import SamplesLoss
+
+    from dsflow.data.container import LabeledData
+    from dsflow.ot import otdd
+
+    def grad_of(x, xt_, **kw):
+        x = x.clone().requires_grad_()
+        r = otdd(LabeledData(x, y), LabeledData(xt_, y), entreg=entreg, **kw)
+        r.cost.backward()
+        return float(r.cost), x.grad.double()
+
+    def err(v, g, ref):
+        return {"value": abs(v - ref[0]) / abs(ref[0]), "gradient": float((g - ref[1]).norm() / ref[1].norm())}
+
+    out = {}
+    for inner in ("gaussian", "none"):
+        ref = grad_of(xs.double(), xt.double(), inner=inner, tol=1e-7, max_iter=100000)
+        for tol in (None, 0.1, 1e-3):
+            out[f"error_{inner}_tol{tol}"] = err(*grad_of(xs, xt, inner=inner, tol=tol), ref)
+        if inner == "none":
+            x = xs.clone().requires_grad_()
+            v = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.5, debias=True, backend="tensorized")(x, xt)
+            v.backward()
+            out["error_geomloss_features"] = err(2 * float(v), 2 * x.grad.double(), ref)
     return out
 
 
@@ -170,6 +203,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--max-full-d", type=int, default=10**9, help="skip the full path above this d")
     ap.add_argument("--sizes", default="", help="e.g. 200x784,500x3072 (n_per_class x d)")
+    ap.add_argument("--accuracy", action="store_true",
+                    help="otdd: also value/gradient errors against a float64 tol=1e-7 solve (minutes)")
     args = ap.parse_args()
     import torch
 

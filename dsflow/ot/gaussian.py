@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "GaussianStats",
@@ -237,7 +238,7 @@ def _pair_products(A: torch.Tensor, B: torch.Tensor, pairwise: bool) -> torch.Te
 #: float64 Gram matrices.  2^25 elements = 128 MiB in float32, 256 MiB in float64.
 _CHUNK_ELEMENTS = 1 << 25
 #: the forward keeps the pair products for the backward up to this many elements
-_SAVE_PRODUCTS_ELEMENTS = 1 << 26
+_SAVE_PRODUCTS_ELEMENTS = 1 << 25
 
 
 def _dense_pairs(n_pairs: int, k1: int, r1: int, k2: int, r2: int) -> bool:
@@ -306,17 +307,21 @@ class _PairNuclear(torch.autograd.Function):
         return values
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         L1, L2, I, J, Z1, Z2, C = ctx.saved_tensors
         need1, need2 = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         k1, d, r1 = L1.shape
         k2, _, r2 = L2.shape
         mag = grad.abs()
-        # largest weight touching each class, on each side of the pairs
-        m1 = torch.zeros(k1, dtype=mag.dtype, device=mag.device).scatter_reduce(0, I, mag, "amax")
-        m2 = torch.zeros(k2, dtype=mag.dtype, device=mag.device).scatter_reduce(0, J, mag, "amax")
+        finite = torch.isfinite(mag)
+        # largest finite weight touching each class, on each side of the pairs
+        fmag = torch.where(finite, mag, torch.zeros_like(mag))
+        m1 = torch.zeros(k1, dtype=mag.dtype, device=mag.device).scatter_reduce(0, I, fmag, "amax")
+        m2 = torch.zeros(k2, dtype=mag.dtype, device=mag.device).scatter_reduce(0, J, fmag, "amax")
         floor = torch.finfo(grad.dtype).eps * torch.minimum(m1[I], m2[J])
-        sel = torch.nonzero((mag > floor) & (mag > 0)).flatten()
+        # non-finite weights are kept, so that NaN/inf propagate as with autograd
+        sel = torch.nonzero(~finite | ((mag > floor) & (mag > 0))).flatten()
         g1 = torch.zeros_like(L1) if need1 else None
         g2 = torch.zeros_like(L2) if need2 else None
 

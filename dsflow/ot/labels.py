@@ -93,10 +93,8 @@ def gaussian_label_distances(
     m2, F2 = (s2.means, s2.factors) if isinstance(s2, GaussianStats) else s2
     if diagonal:
         W = diagonal_bures_w2(m1, F1, m2, F2, pairwise=True, ridge=ridge)
-    elif same:
-        # self block: the i < j pairs only (the second statistics must be the first ones)
-        if m2 is not m1 or F2 is not F1:
-            raise ValueError("gaussian_label_distances: same=True needs the same statistics on both sides")
+    elif same and m2 is m1 and F2 is F1:
+        # self block: the i < j pairs only
         W = bures_w2_factors(m1, F1, pairwise=True, method=method, ridge=ridge)
     else:
         W = bures_w2_factors(m1, F1, m2, F2, pairwise=True, method=method, ridge=ridge)

@@ -96,7 +96,8 @@ def augmented_cost(
     ``x1``, ``x2`` and ``W``; for ``p=2`` by a hand-written backward (`_AugmentedSqCost`).
     """
     use_W = W is not None and label_weight != 0.0
-    if p == 2 and x1.ndim == 2 and x2.ndim == 2:
+    same_dtypes = x1.dtype == x2.dtype and (not use_W or W.dtype == x1.dtype)
+    if p == 2 and x1.ndim == 2 and x2.ndim == 2 and same_dtypes:
         if x1.shape[-1] != x2.shape[-1]:
             raise ValueError(f"feature dimensions differ: {x1.shape[-1]} vs {x2.shape[-1]}")
         same = x1 is x2 and idx1 is idx2

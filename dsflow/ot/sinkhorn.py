@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = ["SinkhornPotentials", "sinkhorn_potentials", "sinkhorn_value", "log_sinkhorn", "epsilon_schedule", "self_potential", "softmin"]
 
@@ -63,18 +64,20 @@ class _Softmin(torch.autograd.Function):
 
     Autograd through `_logsumexp_last` kept five ``(B, n, m)`` intermediates and replayed
     them backward; here the forward works in one scratch buffer and saves only the
-    per-row log-normaliser, and the backward rebuilds ``P`` in one buffer.
+    per-row log-normaliser, and the backward rebuilds ``P`` in one buffer.  First
+    derivatives only (``create_graph`` raises).
     """
 
     @staticmethod
     def forward(ctx, C, h, eps: float):
-        z = torch.mul(C, -1.0 / eps).add_(h[..., None, :])
+        z = torch.add(h[..., None, :], C, alpha=-1.0 / eps)  # broadcasts and promotes like autograd
         lse = _logsumexp_last(z, inplace=True)
         ctx.save_for_backward(C, h, lse)
         ctx.eps = eps
         return -eps * lse
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         C, h, lse = ctx.saved_tensors
         e = ctx.eps
@@ -82,12 +85,12 @@ class _Softmin(torch.autograd.Function):
         # _EXP_FLOOR) and then set to exactly 0 by subtracting the floor's own exp: their true
         # values are below float64 resolution, and exact zeros let the label model skip
         # pairs of classes that exchange no mass (see dsflow.ot.gaussian._PairNuclear).
-        P = torch.mul(C, -1.0 / e).add_(h[..., None, :]).sub_(lse[..., None]).clamp_(min=_EXP_FLOOR).exp_()
+        P = torch.add(h[..., None, :], C, alpha=-1.0 / e).sub_(lse[..., None]).clamp_(min=_EXP_FLOOR).exp_()
         P.sub_(math.exp(_EXP_FLOOR))
         gh = None
         if ctx.needs_input_grad[1]:
-            gh = -e * (grad[..., None, :] @ P)[..., 0, :]
-        gC = P.mul_(grad[..., :, None]) if ctx.needs_input_grad[0] else None
+            gh = (-e * (grad[..., None, :] @ P)[..., 0, :]).sum_to_size(h.shape)
+        gC = P.mul_(grad[..., :, None]).sum_to_size(C.shape) if ctx.needs_input_grad[0] else None
         return gC, gh, None
 
 
@@ -95,7 +98,7 @@ def softmin(eps: float, C: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Differentiable c-transform ``-eps log sum_j exp(h_j - C_ij/eps)`` (``(B,n,m)``, ``(B,m)``)."""
     if torch.is_grad_enabled() and (C.requires_grad or h.requires_grad):
         return _Softmin.apply(C, h, eps)
-    return -eps * _logsumexp_last(torch.mul(C, -1.0 / eps).add_(h[..., None, :]), inplace=True)
+    return -eps * _logsumexp_last(torch.add(h[..., None, :], C, alpha=-1.0 / eps), inplace=True)
 
 
 def epsilon_schedule(eps0: float, eps: float, scaling: float) -> list[float]:

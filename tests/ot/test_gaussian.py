@@ -246,3 +246,27 @@ def test_memory_chunking_gives_the_same_values_and_gradients(monkeypatch, method
     monkeypatch.setattr(G, "_SAVE_PRODUCTS_ELEMENTS", 0)
     for got, want in zip(run(), ref):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_non_finite_incoming_gradients_propagate():
+    from dsflow.ot.gaussian import cross_nuclear
+
+    _, F1 = _random_factors(2, 4, 2, 18)
+    _, F2 = _random_factors(3, 4, 2, 19)
+    for bad in (float("nan"), float("inf")):
+        a, b = F1.clone().requires_grad_(), F2.clone().requires_grad_()
+        weights = torch.ones(2, 3, dtype=torch.float64)
+        weights[0, 0] = bad
+        ga, gb = torch.autograd.grad(cross_nuclear(a, b), (a, b), grad_outputs=weights)
+        # like autograd: class 0 of each side is poisoned, the rest stays finite and exact
+        assert not torch.isfinite(ga[0]).all() and not torch.isfinite(gb[0]).all()
+        assert torch.isfinite(ga[1]).all() and torch.isfinite(gb[1:]).all()
+
+
+def test_self_block_label_distances_accept_equal_copies():
+    from dsflow.ot.labels import gaussian_label_distances
+
+    m, F = _random_factors(3, 5, 4, 20)
+    same_object = gaussian_label_distances((m, F), (m, F), same=True)
+    copies = gaussian_label_distances((m, F), (m.clone(), F.clone()), same=True)
+    np.testing.assert_allclose(copies.numpy(), same_object.numpy(), rtol=1e-9, atol=1e-12)

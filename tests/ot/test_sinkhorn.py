@@ -131,3 +131,21 @@ def test_softmin_backward_matches_autograd_and_finite_differences():
     # without gradients the same value comes from the no-graph route
     with torch.no_grad():
         torch.testing.assert_close(softmin(0.3, C, h), ref.detach(), rtol=1e-13, atol=1e-13)
+
+
+def test_softmin_broadcasts_a_shared_cost_and_refuses_double_backward():
+    from dsflow.ot.sinkhorn import softmin
+
+    g = torch.Generator().manual_seed(8)
+    C = torch.rand(4, 5, dtype=torch.float64, generator=g).requires_grad_()  # one cost, batch of h
+    h = torch.randn(3, 5, dtype=torch.float64, generator=g).requires_grad_()
+    out = softmin(0.5, C, h)
+    ref = -0.5 * torch.logsumexp(h[:, None, :] - C / 0.5, dim=-1)
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+    gC, gh = torch.autograd.grad(out.sum(), (C, h))
+    rC, rh = torch.autograd.grad(ref.sum(), (C, h))
+    torch.testing.assert_close(gC, rC, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gh, rh, rtol=1e-12, atol=1e-14)
+    (g1,) = torch.autograd.grad(softmin(0.5, C, h).sum(), C, create_graph=True)
+    with pytest.raises(RuntimeError):  # an error, not a silently wrong second derivative
+        g1.sum().backward()
