@@ -144,13 +144,13 @@ def bench_otdd(args):
     out["ours_timings"] = r1.timings
     out["ours_tol1e-3_iterations"] = r.info.get("iterations")
     out["ours_tol1e-3_timings"] = r.timings
-    out["ours_rel_diff_vs_tol1e-3"] = abs(float(r1.cost) - float(r.cost)) / abs(float(r.cost))
+    out["ours_rel_diff_vs_tol1e-3"] = abs(float(r1.cost.detach()) - float(r.cost.detach())) / abs(float(r.cost.detach()))
     out["floor_levels"] = levels
     for name in ("ours", "ours_tol0.1", "ours_tol1e-3", "ours_features_tol0.1", "ours_features_tol1e-3"):
         out[f"ratio_{name}_to_geomloss"] = out[name + "_s"] / out["geomloss_s"]
         out[f"ratio_{name}_to_geomloss_median"] = out[name + "_median_s"] / out["geomloss_median_s"]
-    out["feature_only_tol0.1"] = float(rf.cost)
-    out["feature_only_tol1e-3"] = float(rfc.cost)
+    out["feature_only_tol0.1"] = float(rf.cost.detach())
+    out["feature_only_tol1e-3"] = float(rfc.cost.detach())
     out["ratio_ours_to_floor"] = out["ours_s"] / out["floor_s"]
     # values: ours converged vs geomloss (feature-only comparison needs inner='none')
     x = xs.clone()
@@ -176,7 +176,7 @@ def _accuracy(xs, y, xt, entreg, blur):
         x = x.clone().requires_grad_()
         r = otdd(LabeledData(x, y), LabeledData(xt_, y), entreg=entreg, **kw)
         r.cost.backward()
-        return float(r.cost), x.grad.double()
+        return float(r.cost.detach()), x.grad.double()
 
     def err(v, g, ref):
         return {"value": abs(v - ref[0]) / abs(ref[0]), "gradient": float((g - ref[1]).norm() / ref[1].norm())}
