@@ -7,18 +7,53 @@ import torch
 __all__ = ["sqdist", "ground_cost"]
 
 
+class _SqDist(torch.autograd.Function):
+    """``||x1_i - x2_j||^2`` by the GEMM expansion, with an analytic backward.
+
+    For an upstream gradient ``G``: ``d/dx1 = 2 (diag(G 1) x1 - G x2)`` and
+    ``d/dx2 = 2 (diag(G^T 1) x2 - G^T x1)``.  For a self cost (``x1 is x2``) the two terms
+    are one GEMM with ``G + G^T``.  Autograd through the expansion kept the clamp mask and the
+    broadcast sums; the analytic gradient needs no clamp mask (it vanishes where the clamp
+    acts, at ``x1_i = x2_j``).
+    """
+
+    @staticmethod
+    def forward(ctx, x1, x2, same: bool):
+        n1 = (x1 * x1).sum(-1)
+        n2 = n1 if same else (x2 * x2).sum(-1)
+        C = torch.add(n1[..., :, None], n2[..., None, :])
+        C = C.addmm_(x1, x2.mT, alpha=-2.0) if C.ndim == 2 else C.baddbmm_(x1, x2.mT, alpha=-2.0)
+        ctx.save_for_backward(x1, x2)
+        ctx.same = same
+        return C.clamp_(min=0)
+
+    @staticmethod
+    def backward(ctx, G):
+        x1, x2 = ctx.saved_tensors
+        if ctx.same:
+            S = G + G.mT
+            return 2.0 * (S.sum(-1)[..., None] * x1 - S @ x1), None, None
+        g1 = 2.0 * (G.sum(-1)[..., None] * x1 - G @ x2) if ctx.needs_input_grad[0] else None
+        g2 = 2.0 * (G.sum(-2)[..., None] * x2 - G.mT @ x1) if ctx.needs_input_grad[1] else None
+        return g1, g2, None
+
+
 def sqdist(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances ``(..., n, m)`` by the GEMM expansion, clamped at 0.
 
     Works for ``(n, d), (m, d)`` and batched ``(B, n, d), (B, m, d)``.  The expansion
-    ``|x|^2 + |x'|^2 - 2 x.x'`` is one matrix product (fast) and its gradient is exact
-    algebra (no square root), so coincident points are harmless.
+    ``|x|^2 + |x'|^2 - 2 x.x'`` is one matrix product (fast); the gradient is written by hand
+    (`_SqDist`: exact algebra, no square root, so coincident points are harmless; one GEMM
+    for ``sqdist(x, x)``).
     """
     if x1.shape[-1] != x2.shape[-1]:
         raise ValueError(f"feature dimensions differ: {x1.shape[-1]} vs {x2.shape[-1]}")
-    n1 = (x1 * x1).sum(-1)
-    n2 = (x2 * x2).sum(-1)
-    return (n1[..., :, None] + n2[..., None, :] - 2.0 * (x1 @ x2.mT)).clamp(min=0)
+    if x1.shape[:-2] != x2.shape[:-2] or x1.ndim not in (2, 3):
+        # broadcast batches: plain autograd through the expansion
+        n1 = (x1 * x1).sum(-1)
+        n2 = (x2 * x2).sum(-1)
+        return (n1[..., :, None] + n2[..., None, :] - 2.0 * (x1 @ x2.mT)).clamp(min=0)
+    return _SqDist.apply(x1, x2, x1 is x2)
 
 
 def ground_cost(x1: torch.Tensor, x2: torch.Tensor, p: float = 2) -> torch.Tensor:

@@ -52,7 +52,7 @@ def _as_data(d, which):
     raise TypeError(f"otdd: {which} must be a LabeledData or an (x, y) pair, got {type(d).__name__}")
 
 
-def _default_tol(source, target, return_coupling: bool) -> float:
+def _default_tol(xs: torch.Tensor, xt: torch.Tensor, return_coupling: bool) -> float:
     """Outer tolerance for ``tol=None``.
 
     The value's error is second order in the marginal error, but the gradient (the plan)
@@ -63,10 +63,7 @@ def _default_tol(source, target, return_coupling: bool) -> float:
     """
     if return_coupling:
         return 1e-3
-    xs = source.x if hasattr(source, "x") else source[0]
-    xt = target.x if hasattr(target, "x") else target[0]
-    wants_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (xs, xt))
-    return 1e-2 if wants_grad else 0.1
+    return 1e-2 if torch.is_grad_enabled() and (xs.requires_grad or xt.requires_grad) else 0.1
 
 
 def otdd(
@@ -136,8 +133,6 @@ def otdd(
     """
     if inner not in INNER_CHOICES:
         raise ValueError(f"inner must be one of {INNER_CHOICES}, got {inner!r}")
-    if tol is None:
-        tol = _default_tol(source, target, return_coupling)
     if outer not in OUTER_CHOICES:
         raise ValueError(f"outer must be one of {OUTER_CHOICES}, got {outer!r}")
     if p <= 0:
@@ -146,6 +141,8 @@ def otdd(
     tgt = _as_data(target, "target")
     if src.d != tgt.d:
         raise ValueError(f"otdd: source has {src.d} features but target has {tgt.d}; they must live in the same space")
+    if tol is None:
+        tol = _default_tol(src.x, tgt.x, return_coupling)
     xs, ys = src.x, src.y
     xt = tgt.x.to(device=xs.device, dtype=xs.dtype)
     yt = tgt.y.to(xs.device)

@@ -34,51 +34,6 @@ class OuterResult:
     info: dict = field(default_factory=dict)
 
 
-class _AugmentedSqCost(torch.autograd.Function):
-    """``fw*||x1_i - x2_j||^2 + lw*W[idx1_i, idx2_j]`` with a hand-written backward.
-
-    Given the upstream gradient ``G`` (n x m, in OTDD the transport plan):
-    ``d/dx1 = 2 fw (diag(G 1) x1 - G x2)``, ``d/dx2 = 2 fw (diag(G^T 1) x2 - G^T x1)``,
-    ``d/dW = lw * (class sums of G)``.  For a self cost (``x1 is x2``) the two feature terms
-    are one GEMM with ``G + G^T``.  Autograd through the expansion kept the clamp mask and
-    broadcast sums and scattered 4 million label-gradient entries one by one; the analytic
-    gradient needs no clamp mask (it vanishes where the clamp acts, at ``x1_i = x2_j``).
-    """
-
-    @staticmethod
-    def forward(ctx, x1, x2, W, idx1, idx2, fw: float, lw: float, same: bool):
-        n1 = (x1 * x1).sum(-1)
-        n2 = n1 if same else (x2 * x2).sum(-1)
-        C = torch.add(n1[:, None], n2[None, :]).addmm_(x1, x2.mT, alpha=-2.0).clamp_(min=0)
-        if fw != 1.0:
-            C.mul_(fw)
-        if W is not None:
-            C.add_(W[idx1][:, idx2], alpha=lw)
-        ctx.save_for_backward(x1, x2, idx1, idx2)
-        ctx.fw, ctx.lw, ctx.same = fw, lw, same
-        ctx.k = None if W is None else tuple(W.shape)
-        return C
-
-    @staticmethod
-    def backward(ctx, G):
-        x1, x2, idx1, idx2 = ctx.saved_tensors
-        fw, lw = ctx.fw, ctx.lw
-        g1 = g2 = gW = None
-        if ctx.same and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            S = G + G.mT
-            g1 = 2.0 * fw * (S.sum(1)[:, None] * x1 - S @ x1)
-        else:
-            if ctx.needs_input_grad[0]:
-                g1 = 2.0 * fw * (G.sum(1)[:, None] * x1 - G @ x2)
-            if ctx.needs_input_grad[1]:
-                g2 = 2.0 * fw * (G.sum(0)[:, None] * x2 - G.mT @ x1)
-        if ctx.needs_input_grad[2]:
-            k1, k2 = ctx.k
-            rows = torch.zeros(k1, G.shape[1], dtype=G.dtype, device=G.device).index_add_(0, idx1, G)
-            gW = lw * torch.zeros(k1, k2, dtype=G.dtype, device=G.device).index_add_(1, idx2, rows)
-        return g1, g2, gW, None, None, None, None, None
-
-
 def augmented_cost(
     x1: torch.Tensor,
     idx1: torch.Tensor,
@@ -93,21 +48,15 @@ def augmented_cost(
     """``(n, m)`` cost ``feature_weight*||x1_i - x2_j||^p + label_weight*W[idx1_i, idx2_j]``.
 
     ``idx`` are class *rows* of ``W`` (0..k-1), not label values.  Differentiable in
-    ``x1``, ``x2`` and ``W``; for ``p=2`` by a hand-written backward (`_AugmentedSqCost`).
+    ``x1``, ``x2`` and ``W`` (the squared distance has an analytic backward, `sqdist`; the
+    label term is two ``index_select``, whose backward is a vectorised ``index_add``).
     """
-    use_W = W is not None and label_weight != 0.0
-    same_dtypes = x1.dtype == x2.dtype and (not use_W or W.dtype == x1.dtype)
-    if p == 2 and x1.ndim == 2 and x2.ndim == 2 and same_dtypes:
-        if x1.shape[-1] != x2.shape[-1]:
-            raise ValueError(f"feature dimensions differ: {x1.shape[-1]} vs {x2.shape[-1]}")
-        same = x1 is x2 and idx1 is idx2
-        return _AugmentedSqCost.apply(x1, x2, W if use_W else None, idx1, idx2,
-                                      float(feature_weight), float(label_weight), same)
-    C = ground_cost(x1, x2, p)
+    C = ground_cost(x1, x2, p)  # a fresh tensor: the in-place updates below are safe
     if feature_weight != 1.0:
-        C = feature_weight * C
-    if use_W:
-        C = C + label_weight * W[idx1[:, None], idx2[None, :]]
+        C.mul_(feature_weight)
+    if W is not None and label_weight != 0.0:
+        labels = W.index_select(0, idx1).index_select(1, idx2)
+        C = C.add_(labels, alpha=label_weight) if labels.dtype == C.dtype else C + label_weight * labels
     return C
 
 
