@@ -15,6 +15,12 @@ class _SqDist(torch.autograd.Function):
     are one GEMM with ``G + G^T``.  Autograd through the expansion kept the clamp mask and the
     broadcast sums; the analytic gradient needs no clamp mask (it vanishes where the clamp
     acts, at ``x1_i = x2_j``).
+
+    A self cost has an exactly zero diagonal *by construction* (it is written, not computed):
+    ``|x|^2 + |x|^2 - 2 x.x`` rounds differently in a GEMM kernel than in the row norms
+    (FMA, blocking, AVX-512 vs AVX2), leaving ~1e-13 on the diagonal on some machines.  The
+    analytic backward already gives the diagonal no gradient (``S_ii x_i - S_ii x_i = 0``),
+    so zeroing it keeps forward and backward consistent.
     """
 
     @staticmethod
@@ -25,7 +31,10 @@ class _SqDist(torch.autograd.Function):
         C = C.addmm_(x1, x2.mT, alpha=-2.0) if C.ndim == 2 else C.baddbmm_(x1, x2.mT, alpha=-2.0)
         ctx.save_for_backward(x1, x2)
         ctx.same = same
-        return C.clamp_(min=0)
+        C.clamp_(min=0)
+        if same:
+            C.diagonal(dim1=-2, dim2=-1).zero_()
+        return C
 
     @staticmethod
     def backward(ctx, G):
@@ -44,7 +53,8 @@ def sqdist(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     Works for ``(n, d), (m, d)`` and batched ``(B, n, d), (B, m, d)``.  The expansion
     ``|x|^2 + |x'|^2 - 2 x.x'`` is one matrix product (fast); the gradient is written by hand
     (`_SqDist`: exact algebra, no square root, so coincident points are harmless; one GEMM
-    for ``sqdist(x, x)``).
+    for ``sqdist(x, x)``).  ``sqdist(x, x)`` (the same tensor object) has an exactly zero
+    diagonal on every machine: a point's cost to itself is 0, so self problems are exact.
     """
     if x1.shape[-1] != x2.shape[-1]:
         raise ValueError(f"feature dimensions differ: {x1.shape[-1]} vs {x2.shape[-1]}")
@@ -52,7 +62,11 @@ def sqdist(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         # broadcast batches: plain autograd through the expansion
         n1 = (x1 * x1).sum(-1)
         n2 = (x2 * x2).sum(-1)
-        return (n1[..., :, None] + n2[..., None, :] - 2.0 * (x1 @ x2.mT)).clamp(min=0)
+        C = (n1[..., :, None] + n2[..., None, :] - 2.0 * (x1 @ x2.mT)).clamp(min=0)
+        if x1 is x2:
+            eye = torch.eye(C.shape[-1], dtype=torch.bool, device=C.device)
+            C = C.masked_fill(eye, 0.0)
+        return C
     return _SqDist.apply(x1, x2, x1 is x2)
 
 

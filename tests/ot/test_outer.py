@@ -45,8 +45,33 @@ def test_self_cost_uses_the_symmetric_gradient():
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda a, w: augmented_cost(a, idx, a, idx, w), (x, W))
-    # coincident points: zero cost on the diagonal, finite gradients
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,d", [(6, 4), (50, 17), (300, 64)])
+def test_self_cost_diagonal_is_zero_by_construction(n, d, dtype):
+    # Exact 0.0 on purpose: the diagonal is written, not computed, so no kernel (AVX-512 FMA,
+    # MKL blocking) can round it away from 0.  Before it was written, |x|^2+|x|^2-2x.x left
+    # up to 1.5e-13 (float64) here, and 8.9e-16 at (6, 4) on some AVX-512/MKL machines.
+    from dsflow.ot.costs import sqdist
+
+    g = torch.Generator().manual_seed(n)
+    x = (3 * torch.randn(n, d, generator=g, dtype=torch.float64)).to(dtype)
+    idx = torch.arange(n) % 3
+    W = torch.rand(3, 3, dtype=dtype, generator=g)
+    W = (W + W.mT).fill_diagonal_(0)
+    for C in (augmented_cost(x, idx, x, idx, W), ground_cost(x, x, 1), sqdist(x, x)):
+        assert float(C.diagonal(dim1=-2, dim2=-1).abs().max()) == 0.0
+    xb = x[None].repeat(2, 1, 1)
+    assert float(sqdist(xb, xb).diagonal(dim1=-2, dim2=-1).abs().max()) == 0.0
+    x4 = x[None, None].repeat(2, 1, 1, 1)  # broadcast route (4-d)
+    assert float(sqdist(x4, x4).diagonal(dim1=-2, dim2=-1).abs().max()) == 0.0
+    # coincident points off the diagonal are clamped at 0, and gradients stay finite
+    xr = torch.cat([x, x[:2]]).requires_grad_()
+    C = sqdist(xr, xr)
     assert float(C.detach().diagonal().abs().max()) == 0.0
+    (gx,) = torch.autograd.grad((C * torch.rand(C.shape, generator=g, dtype=dtype)).sum(), xr)
+    assert torch.isfinite(gx).all()
 
 
 def test_other_exponents_and_no_labels():
