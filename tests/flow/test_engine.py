@@ -86,7 +86,7 @@ def test_nan_guard_stops_with_last_finite_state(mode):
     assert "step 3" in str(err) and "'bad'" in str(err)
     assert len(err.history) == 3 and err.last_state.step == 3
     assert err.last_state.is_finite()
-    assert torch.equal(err.last_state.x, ref_state.x.detach())
+    assert torch.equal(err.last_state.x, ref_state.x.detach())  # exact: the same 3 steps, same machine
 
 
 def test_nan_guard_catches_non_finite_update():
@@ -96,7 +96,7 @@ def test_nan_guard_catches_non_finite_update():
     with pytest.raises(FlowDivergedError, match="update") as info:
         run_flow(st, huge, dyn, sgd(1e10), steps=5, progress=False)
     assert info.value.step == 0 and info.value.part == "update"
-    assert torch.equal(info.value.last_state.x, x0)
+    assert torch.equal(info.value.last_state.x, x0)  # exact: the bad update is never applied
 
 
 # ----------------------------------------------------------------------------- stopping
@@ -194,7 +194,7 @@ def test_lr_scale_of_label_group():
     m0 = st.label_means.detach().clone()
     obj = LabelGaussianSinkhorn().bind(target=blobs([[4, 0], [4, 3]], n_per_class=5))
     run_flow(st, obj, dyn, adam(0.1), steps=2, progress=False)
-    assert torch.equal(st.label_means.detach(), m0)  # lr 0.1 * 0 for the label group
+    assert torch.equal(st.label_means.detach(), m0)  # lr 0.1 * 0 for the label group: x + (-0) * g == x exactly
 
 
 # ----------------------------------------------------------------------------- trajectories

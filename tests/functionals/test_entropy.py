@@ -12,7 +12,7 @@ def test_entropy_reports_no_part_and_carries_temperature():
     ent = Entropy(temperature=0.3)
     assert ent.temperature == 0.3
     v, parts = ent.evaluate(st)
-    assert parts == {} and v.item() == 0.0 and not v.requires_grad
+    assert parts == {} and v.item() == 0.0 and not v.requires_grad  # exact: a constant, no arithmetic
     total = WeightedSum({"ball": BallConstraint(radius=0.1),
                          "noise": {"weight": 2.0, "functional": ent}})
     value, parts = total.evaluate(st)

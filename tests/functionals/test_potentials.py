@@ -78,7 +78,7 @@ def test_class_affine_only_listed_classes():
             expected[i] = np.linalg.norm(x[i] - b5)
     assert fn(st).item() == pytest.approx(expected.mean(), rel=1e-12)
     v, g = grad_of(fn, st)
-    assert torch.all(g[st.y == 1] == 0)  # class 1 is unconstrained
+    assert torch.all(g[st.y == 1] == 0)  # class 1 is unconstrained: no term touches it, exact zeros
 
 
 def test_hinge_label_mapping_and_values():

@@ -127,6 +127,7 @@ def test_singleton_class_raises_clearly_or_falls_back():
     with pytest.raises(ValueError, match="single sample"):
         class_gaussians(x, y)
     st = class_gaussians(x, y, allow_singletons=True)
+    # exact: a singleton's factor is zero padding (written, not computed)
     assert float(st.covariances()[2].abs().max()) == 0.0
     with pytest.raises(ValueError, match="not in classes"):
         class_gaussians(x, y, classes=[0, 1])
@@ -167,6 +168,8 @@ def test_self_block_equals_pairwise_with_itself(method):
     full = bures_w2_factors(m, F, m, F, method=method)
     self_block = bures_w2_factors(m, F, method=method)
     np.testing.assert_allclose(self_block.numpy(), full.numpy(), rtol=1e-9, atol=1e-9)
+    # exact by construction: the self block is upper + upper^T (every term of W is symmetric in i, j
+    # without rounding) and its diagonal is written as 0 (bures_w2_factors, same=True)
     assert torch.equal(self_block, self_block.mT) and float(self_block.diagonal().abs().max()) == 0.0
     # gradients: the i < j pairs count once per side, like the full matrix's two triangles
     weights = torch.randn(5, 5, dtype=torch.float64)
@@ -174,7 +177,7 @@ def test_self_block_equals_pairwise_with_itself(method):
     args = tuple(t.clone().requires_grad_() for t in (m, F))
     assert torch.autograd.gradcheck(lambda a, b: (bures_w2_factors(a, b, method=method) * weights).sum(), args,
                                     eps=1e-6, atol=1e-5)
-    assert float(bures_w2_factors(m, F, pairwise=False).abs().max()) == 0.0
+    assert float(bures_w2_factors(m, F, pairwise=False).abs().max()) == 0.0  # exact: written as zeros
 
 
 def test_lazy_backward_matches_svd_reference_for_sparse_and_dense_weights():

@@ -104,6 +104,7 @@ def test_padding_with_zero_weights_is_ignored():
 
 def test_schedule_and_bad_input():
     s = epsilon_schedule(10.0, 0.1, 0.5)
+    # exact: the end points are the arguments themselves (eps0 * scaling**0, and eps appended)
     assert s[0] == 10.0 and s[-1] == 0.1 and all(b < a for a, b in zip(s, s[1:]))
     with pytest.raises(ValueError, match="scaling"):
         epsilon_schedule(10.0, 0.1, 1.5)
