@@ -79,18 +79,40 @@ def missing_files_error(dataset: str, expected: Sequence[Path], *, root: Path, h
 
 
 # ---------------------------------------------------------------------------- subsampling
+def _row_range(rows: Any, total: int, loader: str) -> tuple[int, int]:
+    """``[start, stop]`` (``stop`` may be null) checked against the ``total`` samples of the file."""
+    rows = to_plain(rows)
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or len(rows) != 2:
+        raise ValueError(f"{loader}: rows must be [start, stop] (stop may be null), got {rows!r}")
+    start, stop = rows
+    try:
+        start = int(start)
+        stop = total if stop is None else int(stop)
+    except (TypeError, ValueError):
+        raise ValueError(f"{loader}: rows must be two integers [start, stop], got {rows!r}") from None
+    if not 0 <= start < stop <= total:
+        raise ValueError(
+            f"{loader}: rows=[{start}, {stop}] must satisfy 0 <= start < stop <= {total} "
+            f"(the file holds {total} samples)"
+        )
+    return start, stop
+
+
 def select_indices(
     labels: np.ndarray,
     *,
     n_per_class: int | None = None,
     max_samples: int | None = None,
     classes: Any = None,
+    rows: Any = None,
     seed: int | None = 0,
     loader: str = "dataset",
 ) -> np.ndarray:
     """Indices (sorted, int64) of the samples a loader keeps.
 
-    ``classes`` keeps only those label values; ``n_per_class`` draws that many samples
+    ``rows = [start, stop]`` first keeps only the samples ``start .. stop - 1`` in the file's
+    order (a fixed, documented split of one file, e.g. MNIST test 0-4999 for an oracle and
+    5000-9999 for a flow; ``stop`` null = to the end); ``classes`` keeps only those label values; ``n_per_class`` draws that many samples
     of every kept class (stratified, without replacement); ``max_samples`` draws that many
     samples uniformly from the kept ones.  The draw depends only on ``seed`` (``None``:
     fresh randomness) and the labels, so the same seed always gives the same subset.
@@ -103,7 +125,10 @@ def select_indices(
             f"{loader}: give either n_per_class ({n_per_class}) or max_samples ({max_samples}), not both"
         )
     keep = np.arange(labels.shape[0], dtype=np.int64)
-    present = np.unique(labels)
+    if rows is not None:
+        start, stop = _row_range(rows, labels.shape[0], loader)
+        keep = keep[start:stop]
+    present = np.unique(labels[keep])
     if classes is not None:
         wanted = to_plain(classes)
         if isinstance(wanted, (int, np.integer)) and not isinstance(wanted, bool):

@@ -143,6 +143,7 @@ def _idx_dataset(
     transform,
     seed,
     name,
+    rows=None,
 ):
     root = resolve_root(root)
     raw = root / folder / "raw"
@@ -161,7 +162,7 @@ def _idx_dataset(
             f"{dataset}: images {files['images']} have shape {images.shape} and labels {files['labels']} "
             f"shape {labels.shape}; expected (n, H, W) and (n,) with the same n"
         )
-    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes, seed=seed,
+    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes, rows=rows, seed=seed,
                           loader=dataset)
     return images_to_labeled_data(
         RowSelection(images, keep), labels[keep], layout="NWH" if transpose else "NHW", resize=resize, channels=channels, normalize=normalize,
@@ -175,7 +176,8 @@ _IMAGE_OPTIONS_DOC = """
     ``split`` (``train``/``test``), ``download`` (let torchvision fetch missing files),
     ``resize`` (int or ``[H, W]``, bilinear), ``channels`` (1 or 3; null keeps the native
     number), ``normalize`` (null or ``{mean: [...], std: [...]}`` per channel, applied last),
-    plus ``n_per_class`` / ``max_samples`` / ``classes`` / ``transform`` / ``seed`` / ``name``.
+    plus ``n_per_class`` / ``max_samples`` / ``classes`` / ``rows`` (``[start, stop]``: only the
+    file's samples ``start..stop-1``, before any other selection) / ``transform`` / ``seed`` / ``name``.
 """
 
 
@@ -187,33 +189,33 @@ def _mnist_like(dataset, folder, torchvision_cls, names, *, split, **options):
 
 
 def mnist(root=None, split="train", download=False, resize=None, channels=None, normalize=None,
-          n_per_class=None, max_samples=None, classes=None, transform=None, seed=0, name=None):
+          n_per_class=None, max_samples=None, classes=None, rows=None, transform=None, seed=0, name=None):
     """MNIST digits, 28x28 grey, labels 0..9. Files: ``root/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``."""
     return _mnist_like("mnist", "MNIST", "MNIST", MNIST_NAMES, split=split, root=root, download=download,
                        resize=resize, channels=channels, normalize=normalize, n_per_class=n_per_class,
-                       max_samples=max_samples, classes=classes, transform=transform, seed=seed, name=name)
+                       max_samples=max_samples, classes=classes, rows=rows, transform=transform, seed=seed, name=name)
 
 
 def fashion_mnist(root=None, split="train", download=False, resize=None, channels=None, normalize=None,
-                  n_per_class=None, max_samples=None, classes=None, transform=None, seed=0, name=None):
+                  n_per_class=None, max_samples=None, classes=None, rows=None, transform=None, seed=0, name=None):
     """Fashion-MNIST, 28x28 grey, 10 clothing classes. Files under ``root/FashionMNIST/raw/`` (IDX as MNIST)."""
     return _mnist_like("fashion_mnist", "FashionMNIST", "FashionMNIST", FASHION_MNIST_NAMES, split=split, root=root,
                        download=download, resize=resize, channels=channels, normalize=normalize,
-                       n_per_class=n_per_class, max_samples=max_samples, classes=classes, transform=transform,
+                       n_per_class=n_per_class, max_samples=max_samples, classes=classes, rows=rows, transform=transform,
                        seed=seed, name=name)
 
 
 def kmnist(root=None, split="train", download=False, resize=None, channels=None, normalize=None,
-           n_per_class=None, max_samples=None, classes=None, transform=None, seed=0, name=None):
+           n_per_class=None, max_samples=None, classes=None, rows=None, transform=None, seed=0, name=None):
     """Kuzushiji-MNIST, 28x28 grey, 10 hiragana classes. Files under ``root/KMNIST/raw/`` (IDX as MNIST)."""
     return _mnist_like("kmnist", "KMNIST", "KMNIST", KMNIST_NAMES, split=split, root=root, download=download,
                        resize=resize, channels=channels, normalize=normalize, n_per_class=n_per_class,
-                       max_samples=max_samples, classes=classes, transform=transform, seed=seed, name=name)
+                       max_samples=max_samples, classes=classes, rows=rows, transform=transform, seed=seed, name=name)
 
 
 def emnist(root=None, split="train", subset="letters", download=False, zero_based_labels=True, transpose=True,
            resize=None, channels=None, normalize=None, n_per_class=None, max_samples=None, classes=None,
-           transform=None, seed=0, name=None):
+           rows=None, transform=None, seed=0, name=None):
     """EMNIST, 28x28 grey. Files: ``root/EMNIST/raw/emnist-{subset}-{train,test}-{images-idx3,labels-idx1}-ubyte[.gz]``.
 
     ``subset`` is the EMNIST variant (torchvision's ``split``): ``letters`` (default; 26
@@ -235,7 +237,7 @@ def emnist(root=None, split="train", subset="letters", download=False, zero_base
                         downloader_kwargs={"split": subset}, torchvision_cls="EMNIST", class_names=names,
                         label_offset=offset, transpose=bool(transpose), resize=resize, channels=channels,
                         normalize=normalize, n_per_class=n_per_class, max_samples=max_samples, classes=classes,
-                        transform=transform, seed=seed, name=name)
+                        rows=rows, transform=transform, seed=seed, name=name)
 
 
 # ---------------------------------------------------------------------------- USPS (libsvm bz2)
@@ -262,7 +264,7 @@ def read_libsvm_features(lines: Sequence[str], n_features: int, path: Path) -> n
 
 
 def usps(root=None, split="train", download=False, resize=None, channels=None, normalize=None,
-         n_per_class=None, max_samples=None, classes=None, transform=None, seed=0, name=None):
+         n_per_class=None, max_samples=None, classes=None, rows=None, transform=None, seed=0, name=None):
     """USPS digits, 16x16 grey (``resize: 28`` to compare with MNIST), labels 0..9.
 
     Files (libsvm format, bz2): ``root/usps.bz2`` (train, 7291) and ``root/usps.t.bz2``
@@ -279,7 +281,7 @@ def usps(root=None, split="train", download=False, resize=None, channels=None, n
     if not lines:
         raise ValueError(f"usps: {files['data']} holds no samples")
     labels = read_libsvm_labels(lines) - 1
-    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes, seed=seed,
+    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes, rows=rows, seed=seed,
                           loader="usps")
     pixels = read_libsvm_features([lines[i] for i in keep], 256, files["data"])  # parse only the kept lines
     images = np.clip((pixels + 1.0) / 2.0, 0.0, 1.0).reshape(-1, 16, 16)
@@ -292,7 +294,7 @@ def usps(root=None, split="train", download=False, resize=None, channels=None, n
 
 # ---------------------------------------------------------------------------- CIFAR-10 (pickles)
 def cifar10(root=None, split="train", download=False, resize=None, channels=None, normalize=None,
-            n_per_class=None, max_samples=None, classes=None, transform=None, seed=0, name=None):
+            n_per_class=None, max_samples=None, classes=None, rows=None, transform=None, seed=0, name=None):
     """CIFAR-10, 32x32 RGB, 10 classes.
 
     Files: ``root/cifar-10-batches-py/data_batch_1..5`` (train) or ``test_batch`` (test),
@@ -314,7 +316,7 @@ def cifar10(root=None, split="train", download=False, resize=None, channels=None
         data_parts.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         label_parts.append(np.asarray(entry["labels"], dtype=np.int64))
     labels = np.concatenate(label_parts)
-    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes, seed=seed,
+    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes, rows=rows, seed=seed,
                           loader="cifar10")
     images = np.concatenate(data_parts)[keep] if len(data_parts) > 1 else data_parts[0][keep]
     names = CIFAR10_NAMES
@@ -331,7 +333,7 @@ def cifar10(root=None, split="train", download=False, resize=None, channels=None
 
 # ---------------------------------------------------------------------------- STL-10 (binaries)
 def stl10(root=None, split="train", download=False, resize=None, channels=None, normalize=None,
-          n_per_class=None, max_samples=None, classes=None, transform=None, seed=0, name=None):
+          n_per_class=None, max_samples=None, classes=None, rows=None, transform=None, seed=0, name=None):
     """STL-10, 96x96 RGB (``resize: 32`` to compare with CIFAR-10), 10 classes, labels 0..9.
 
     Files: ``root/stl10_binary/{train,test}_X.bin`` (uint8, each image stored channel-major
@@ -352,7 +354,7 @@ def stl10(root=None, split="train", download=False, resize=None, channels=None, 
             f"to match the {labels.shape[0]} labels in {files['labels']}"
         )
     images = np.memmap(files["images"], dtype=np.uint8, mode="r", shape=(labels.shape[0], 3, 96, 96))
-    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes, seed=seed,
+    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes, rows=rows, seed=seed,
                           loader="stl10")
     names = STL10_NAMES
     names_file = folder / "class_names.txt"
@@ -367,7 +369,7 @@ def stl10(root=None, split="train", download=False, resize=None, channels=None, 
 
 # ---------------------------------------------------------------------------- PatchCamelyon (h5)
 def camelyon(root=None, split="train", download=False, resize=None, channels=None, normalize=None,
-             n_per_class=None, max_samples=None, classes=None, transform=None, seed=0, name=None):
+             n_per_class=None, max_samples=None, classes=None, rows=None, transform=None, seed=0, name=None):
     """PatchCamelyon (PCam) histopathology patches, 96x96 RGB, labels 0 (normal) / 1 (tumor).
 
     Files: ``root/pcam/camelyonpatch_level_2_split_{train,test,valid}_{x,y}.h5`` (``split:
@@ -387,7 +389,7 @@ def camelyon(root=None, split="train", download=False, resize=None, channels=Non
         if "y" not in f:
             raise ValueError(f"camelyon: {files['labels']} has no dataset 'y' (keys: {list(f.keys())})")
         labels = np.asarray(f["y"][...]).reshape(-1).astype(np.int64)
-    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes, seed=seed,
+    keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples, classes=classes, rows=rows, seed=seed,
                           loader="camelyon")
     with h5py.File(files["images"], "r") as f:
         if "x" not in f:

@@ -47,6 +47,21 @@ def test_mnist_uncompressed_test_split_only_and_subsampling(tmp_path, writers):
     assert "download=true" in message
 
 
+def test_rows_split_one_file_into_disjoint_contiguous_parts(tmp_path, writers):
+    """``rows`` keeps a fixed range of the file (oracle on test 0-4999, flow toward 5000-9999)."""
+    raw = writers.idx_dataset(tmp_path, "MNIST", "t10k", n=50)
+    first = D.mnist(root=tmp_path, split="test", rows=[0, 20])
+    rest = D.mnist(root=tmp_path, split="test", rows=[20, None])
+    assert first.meta["indices"] == list(range(20)) and rest.meta["indices"] == list(range(20, 50))
+    assert_matches_raw(rest, raw)
+    # selection options act inside the range only
+    inside = D.mnist(root=tmp_path, split="test", rows=[20, 50], max_samples=10, seed=0)
+    assert inside.n == 10 and min(inside.meta["indices"]) >= 20
+    for bad in ([5, 5], [0, 51], [-1, 3], [1], "0:5", ["a", 3]):
+        with pytest.raises(ValueError, match=r"mnist: rows"):
+            D.mnist(root=tmp_path, split="test", rows=bad)
+
+
 def test_mnist_resize_channels_normalize(tmp_path, writers):
     raw = writers.idx_dataset(tmp_path, "MNIST", "train", n=20)
     data = D.mnist(root=tmp_path, resize=32, channels=3, normalize={"mean": [0.5, 0.5, 0.5], "std": [0.25]})
