@@ -261,6 +261,16 @@ def stage_build(ctx: RunContext) -> None:
     optimizer = instantiate(ctx.cfg.optimizer)
     if not callable(optimizer):
         raise TypeError("optimizer: the config must build an optimizer factory (`_partial_: true`)")
+    if ctx.cfg.get("time_step") is not None:
+        import functools
+
+        from dsflow.units import lr_from_time_step
+
+        name = getattr(getattr(optimizer, "func", optimizer), "__name__", type(optimizer).__name__)
+        lr = lr_from_time_step(ctx.cfg.time_step, ctx.source.n, name)
+        optimizer = functools.partial(optimizer.func, *optimizer.args, **{**optimizer.keywords, "lr": lr})
+        ctx.summary.update(time_step=float(ctx.cfg.time_step), lr=lr)
+        log.info("time_step=%g with %d particles: optimizer.lr = %g", float(ctx.cfg.time_step), ctx.source.n, lr)
     ctx.objective = objective.bind(source=ctx.source, target=ctx.target) or objective
     ctx.dynamics = dynamics
     ctx.optimizer = optimizer
