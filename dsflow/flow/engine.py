@@ -13,11 +13,19 @@ One step ``t`` (state ``z_t`` -> ``z_{t+1}``):
 6. ``dynamics.after_step`` (e.g. jd_vl reclustering); when labels changed the objective's
    caches are dropped with ``objective.reset()``;
 7. the step's record goes to the history and to the callbacks; trajectory frames and
-   checkpoints are written; early stopping is checked.
+   checkpoints are written; early stopping and stop requests (``should_stop``: SIGINT/SIGTERM,
+   see `dsflow.flow.interrupt`) are checked.
+
+A linear-algebra failure inside a step (``torch.linalg.LinAlgError``, an eigensolver that
+does not converge on particles thrown far away) is a divergence like a NaN: both mean the
+step size was too large for the particles, and both raise `FlowDivergedError` with the last
+finite state, so the same advice (smaller ``lr``, ``grad_clip``) and the same saved state
+follow from either.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import sys
@@ -34,6 +42,15 @@ STOP_STEPS = "steps"
 STOP_EARLY = "early_stop"
 STOP_CALLBACK = "callback"
 STOP_INTERRUPTED = "interrupted"
+
+log = logging.getLogger("dsflow")
+
+#: The advice every divergence message ends with (config keys of the app, parameters of run_flow).
+DIVERGENCE_HINT = "try a smaller lr (optimizer.lr) or gradient clipping (flow.grad_clip)"
+
+#: `objective_rose`: a flow is flagged as diverging when its objective ends more than this many
+#: times its initial magnitude above where it started.
+RISE_FACTOR = 10.0
 
 
 @dataclass
@@ -58,6 +75,9 @@ class FlowResult:
         ``"steps"``, ``"early_stop"``, ``"callback"`` or ``"interrupted"``.
     final_objective, final_parts:
         ``F`` at the final state (``None`` when ``evaluate_final=False``).
+    resumed_from, resumed_checkpoint, skipped_checkpoints:
+        After a resume: the step and the file it continued from, and the newer checkpoint
+        files that were skipped because they were corrupt.
     """
 
     state: ParticleState
@@ -70,6 +90,8 @@ class FlowResult:
     final_parts: dict[str, float] = field(default_factory=dict)
     wall_time: float = 0.0
     resumed_from: int | None = None
+    resumed_checkpoint: str | None = None
+    skipped_checkpoints: list[str] = field(default_factory=list)
 
     @property
     def objective(self) -> float | None:
@@ -86,10 +108,12 @@ class FlowResult:
 
 
 class FlowDivergedError(RuntimeError):
-    """The objective or its gradient became NaN/Inf.
+    """The objective or its gradient became NaN/Inf, or a linear-algebra routine failed on
+    the particles (``part="linalg"``).
 
-    Attributes: ``step``, ``part`` (name of the offending functional term, or
-    ``"update"`` when finite gradients produced non-finite particles), ``last_state``
+    Attributes: ``step``, ``part`` (name of the offending functional term, ``"update"``
+    when finite gradients produced non-finite particles, ``"linalg"`` for an eigensolver or
+    Cholesky failure), ``last_state``
     (detached copy of the last finite `ParticleState`), ``history`` (records of the steps
     completed before), ``trajectory``/``trajectory_steps`` (frames recorded so far).
     """
@@ -322,6 +346,120 @@ def _restore_state(state: ParticleState, saved: dict) -> None:
     state.meta = dict(saved["meta"])
 
 
+def objective_rose(before, after, factor: float = RISE_FACTOR) -> bool:
+    """True when a flow ended far above where it started: ``after - before > factor *
+    max(|before|, 1e-12)``, i.e. the objective rose by more than ``factor`` (10) times its
+    initial magnitude.  A gradient flow should decrease its objective; a rise of this size
+    means the steps overshoot (lr too large), even though every value stayed finite.  A
+    non-finite ``after`` counts as a rise; missing values do not."""
+    if before is None or after is None:
+        return False
+    before, after = float(before), float(after)
+    if not math.isfinite(before):
+        return False
+    if not math.isfinite(after):
+        return True
+    return after - before > factor * max(abs(before), 1e-12)
+
+
+_LINALG_MESSAGES = ("failed to converge", "not positive-definite", "not positive definite",
+                    "ill-conditioned", "singular", "illegal value")
+
+
+def _is_linalg_failure(err: BaseException) -> bool:
+    """A failure of an eigensolver/Cholesky/SVD on the particles (not a programming error)."""
+    import torch
+
+    if isinstance(err, torch.linalg.LinAlgError):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err).lower() for m in _LINALG_MESSAGES)
+
+
+def _load_resume_checkpoint(checkpoint_dir) -> tuple[dict | None, Path | None, list[str]]:
+    """The newest intact checkpoint in ``checkpoint_dir``: ``(payload, path, skipped)``.
+
+    Corrupt files (truncated copies, a disk that filled up) are skipped with a warning
+    naming each one, and renamed to ``<name>.corrupt`` so they are neither tried again nor
+    mistaken for the newest checkpoint later; ``(None, None, [])`` when there is none at all;
+    `CheckpointError` when there are checkpoints but none is intact.  A file refused as
+    unsafe (`UnsafeCheckpointError`) stops the resume: it was planted, not damaged.
+    """
+    from dsflow.flow.checkpoint import (CheckpointError, CorruptCheckpointError, list_checkpoints,
+                                        load_checkpoint)
+
+    skipped: list[str] = []
+    reasons: list[str] = []
+    for path in reversed(list_checkpoints(checkpoint_dir)):
+        try:
+            return load_checkpoint(path), path, skipped
+        except CorruptCheckpointError as err:
+            reasons.append(str(err))
+            moved = path.with_name(path.name + ".corrupt")
+            try:
+                path.replace(moved)
+                where = f"renamed to {moved.name}"
+            except OSError:
+                where = "left in place"
+            skipped.append(str(path))
+            log.warning("skipping checkpoint %s (%s); trying the one before it", path, f"{err}; {where}")
+    if reasons:
+        raise CheckpointError(
+            f"cannot resume: no intact checkpoint in {checkpoint_dir} ({'; '.join(reasons)}). "
+            "Start afresh with flow.resume=false (or remove the damaged files)",
+            checkpoint_dir,
+        )
+    return None, None, skipped
+
+
+def _describe_differences(differences: dict) -> str:
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items())
+
+
+def _check_fingerprint(ckpt: dict, path, fingerprint, ignore: bool) -> dict:
+    """Differences between the checkpoint's config fingerprint and ``fingerprint``; raises
+    `CheckpointMismatchError` for any unless ``ignore``."""
+    from dsflow.flow.checkpoint import CheckpointMismatchError, fingerprint_differences
+
+    if fingerprint is None:
+        return {}
+    old = ckpt.get("fingerprint")
+    if old is None:
+        log.warning("checkpoint %s records no config fingerprint (written by an older dsflow or "
+                    "without one): cannot check that the config is unchanged", path)
+        return {}
+    differences = fingerprint_differences(old, dict(fingerprint))
+    if not differences:
+        return {}
+    text = _describe_differences(differences)
+    if not ignore:
+        raise CheckpointMismatchError(
+            f"cannot resume from {path}: the config differs from the checkpointed run's in "
+            f"{len(differences)} key(s) (checkpoint -> now): {text}. Resume with the checkpointed "
+            "values, start a new run (flow.resume=false, or another run directory), or set "
+            "flow.resume_ignore_config=true to continue the checkpointed particles under the new config",
+            differences,
+        )
+    log.warning("resuming from %s although the config changed (resume_ignore_config): %s; the "
+                "particles, RNG states and history are the checkpoint's, the optimizer and "
+                "schedule settings the new config's", path, text)
+    return differences
+
+
+def _load_optimizer_keeping_settings(opt, saved: dict) -> None:
+    """Load the optimizer's saved *state* (moments, step counts) under the current settings
+    (lr, betas, momentum, ... of the new config): the ``resume_ignore_config`` path.  A
+    different optimizer (other state keys) starts from a fresh state."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    saved_keys = [set(g) - {"params"} for g in saved.get("param_groups", [])]
+    if saved_keys != [set(g) for g in fresh]:
+        log.warning("the checkpoint's optimizer differs from the configured one: its state "
+                    "(moments, step counts) is not restored")
+        return
+    opt.load_state_dict(saved)
+    for group, settings in zip(opt.param_groups, fresh):
+        group.update(settings)
+
+
 # ----------------------------------------------------------------------------- engine
 def run_flow(
     state: ParticleState,
@@ -347,6 +485,10 @@ def run_flow(
     schedule=None,
     noise_scale: str = "lr",
     evaluate_final: bool = True,
+    fingerprint: Mapping | None = None,
+    resume_ignore_config: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    on_start: Callable[[int, list], None] | None = None,
 ) -> FlowResult:
     """Run a particle gradient flow of ``objective`` from ``state`` for ``steps`` steps.
 
@@ -376,8 +518,11 @@ def run_flow(
         ``float32`` or ``float16``, in memory or streamed to a ``.npy`` file.
     checkpoint_every, checkpoint_dir, keep_checkpoints, resume:
         Save a checkpoint every N steps (and at the end) into ``checkpoint_dir``, keeping
-        the newest ``keep_checkpoints``; ``resume=True`` continues from the latest one
-        there (a fresh start when there is none), reproducing the uninterrupted run.
+        the newest ``keep_checkpoints``; ``resume=True`` continues from the newest intact one
+        there (corrupt ones are skipped with a warning; a fresh start when there is none),
+        reproducing the uninterrupted run.  A checkpoint already at or past ``steps`` is
+        reported as it is (no step runs).  ``checkpoint_dir`` is checked to be writable
+        before step 0.
     early_stop_rtol, early_stop_patience:
         Stop when ``|F_t - F_{t-1}| / |F_{t-1}| < rtol`` for ``patience`` consecutive steps
         (disabled when ``rtol <= 0``).
@@ -393,10 +538,25 @@ def run_flow(
         particle-averaged functional takes; see docs/engine.md).
     evaluate_final:
         Evaluate ``F`` once more at the final state (``FlowResult.final_objective``).
+    fingerprint, resume_ignore_config:
+        An opaque ``{"hash": ..., "values": {key: value}}`` (`dsflow.flow.checkpoint.fingerprint`)
+        of whatever determines the flow, chosen by the caller (the app: data, functional,
+        dynamics, optimizer, seed, ...).  It is stored in every checkpoint; on resume a
+        different one raises `CheckpointMismatchError` naming the keys that differ, unless
+        ``resume_ignore_config=True`` (then the checkpointed particles continue under the
+        new optimizer settings, with a warning).
+    should_stop:
+        ``should_stop() -> bool``, asked after every step; True ends the flow at that step boundary
+        (checkpoint written, ``stop_reason="interrupted"``).  The app passes its
+        `dsflow.flow.interrupt.StopSignals` (SIGINT/SIGTERM).
+    on_start:
+        ``on_start(start_step, history)`` once before the first step: the step the flow
+        starts from (the checkpoint's after a resume, else 0) and the history up to it.  The
+        app uses it to keep ``metrics.jsonl`` whole across resumes.
     """
     import torch
 
-    from dsflow.flow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from dsflow.flow.checkpoint import check_writable, save_checkpoint
     from dsflow.flow.trajectory import TrajectoryRecorder
 
     # ---- validation --------------------------------------------------------------------
@@ -425,6 +585,8 @@ def run_flow(
     callbacks = list(callbacks or ())
     if not state.is_finite():
         raise ValueError("run_flow: the initial state contains NaN or Inf")
+    if checkpoint_every:
+        check_writable(checkpoint_dir)  # before step 0, not at the first checkpoint hours later
 
     trajectory_every = int(trajectory_every)
     checkpoint_every = int(checkpoint_every)
@@ -442,16 +604,23 @@ def run_flow(
     start_step = 0
     early = {"prev": None, "count": 0}
     resumed_from = None
-    ckpt = None
+    ckpt = ckpt_path = None
+    skipped: list[str] = []
+    changed_config: dict = {}
     if resume:
-        path = latest_checkpoint(checkpoint_dir)
-        if path is not None:
-            ckpt = load_checkpoint(path)
+        ckpt, ckpt_path, skipped = _load_resume_checkpoint(checkpoint_dir)
+        if ckpt is not None:
+            changed_config = _check_fingerprint(ckpt, ckpt_path, fingerprint, bool(resume_ignore_config))
             _restore_state(state, ckpt["state"])
             start_step = int(ckpt["state"]["step"])
             history = list(ckpt["history"])
             early = dict(ckpt["early_stop"])
             resumed_from = start_step
+            log.info("resuming from %s (step %d)", ckpt_path, start_step)
+            if start_step >= steps:
+                log.warning("the checkpoint %s is at step %d, not before steps=%d: no step runs; the "
+                            "checkpointed state is reported (raise steps to continue the flow)",
+                            ckpt_path, start_step, steps)
 
     # ---- optimizer and schedule (built after a resume replaced the leaves) -----------
     groups = dynamics.param_groups(state)
@@ -467,9 +636,19 @@ def run_flow(
     if feature_group is None:
         raise ValueError("run_flow: dynamics.param_groups(state) must include state.x")
     if ckpt is not None:
-        opt.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
+        if changed_config:  # resume_ignore_config: the new settings apply from here on
+            import warnings
+
+            _load_optimizer_keeping_settings(opt, ckpt["optimizer"])
+            if scheduler is not None:  # the new schedule, at the step reached
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for _ in range(start_step):
+                        scheduler.step()
+        else:
+            opt.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None and ckpt.get("scheduler") is not None:
+                scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_states(ckpt["rng"], noise_gen)
         if recorder is not None:
             if ckpt.get("trajectory") is None:
@@ -482,10 +661,13 @@ def run_flow(
 
     if recorder is not None and not recorder.steps:
         recorder.append(start_step, state.x)
+    if on_start is not None:
+        on_start(start_step, list(history))
+    fingerprint = None if fingerprint is None else dict(fingerprint)
 
     def checkpoint_now(step_reached: int) -> None:
         payload = {
-            "version": 1,
+            "version": 2,
             "state": {"tensors": {k: v.detach().cpu() for k, v in state.tensors().items()},
                       "step": step_reached, "meta": dict(state.meta)},
             "optimizer": opt.state_dict(),
@@ -495,8 +677,19 @@ def run_flow(
             "early_stop": dict(early),
             "trajectory": None if recorder is None else recorder.state_dict(),
             "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
+            "fingerprint": fingerprint,
         }
         save_checkpoint(checkpoint_dir, step_reached, payload, keep=int(keep_checkpoints))
+
+    def diverged(step_: int, part: str, what: str) -> FlowDivergedError:
+        # ``state`` is finite here: the step start (value/gradient/linalg) or restored (update)
+        return FlowDivergedError(
+            f"flow diverged at step {step_}: {what}; {DIVERGENCE_HINT}. The last finite particles "
+            f"(step {state.step}) and the history are kept",
+            step=step_, part=part, last_state=state.snapshot(), history=history,
+            trajectory=None if recorder is None else recorder.result(),
+            trajectory_steps=None if recorder is None else recorder.steps,
+        )
 
     # ---- the loop ------------------------------------------------------------------------
     n_classes = state.num_classes
@@ -517,31 +710,26 @@ def run_flow(
             t_step = time.perf_counter()
             backup.save(state)
             opt.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                value, parts = objective.evaluate(state)
-            fvalue = float(value.detach())
+            fvalue = math.nan
+            try:
+                with torch.enable_grad():
+                    value, parts = objective.evaluate(state)
+                fvalue = float(value.detach())
+                if math.isfinite(fvalue) and value.requires_grad:
+                    value.backward()
+            except Exception as err:  # noqa: BLE001 - re-raised unless it is a linear-algebra failure
+                if not _is_linalg_failure(err):
+                    raise
+                raise diverged(step, "linalg", f"a linear-algebra routine failed on the particles "
+                               f"({type(err).__name__}: {str(err)[:160]})") from err
             if not math.isfinite(fvalue):
                 bad = [k for k, v in parts.items() if not math.isfinite(v) and k != getattr(objective, "name", None)]
                 part = bad[0] if bad else getattr(objective, "name", "objective")
-                raise FlowDivergedError(
-                    f"flow diverged at step {step}: objective is {fvalue} (non-finite part: {part!r}); "
-                    "the last finite state and the history are attached (try a smaller lr or grad_clip)",
-                    step=step, part=part, last_state=state.snapshot(), history=history,
-                    trajectory=None if recorder is None else recorder.result(),
-                    trajectory_steps=None if recorder is None else recorder.steps,
-                )
-            if value.requires_grad:
-                value.backward()
+                raise diverged(step, part, f"objective is {fvalue} (non-finite part: {part!r})")
             gnorm = _grad_norm(params)
             if not math.isfinite(gnorm):
                 part = _offending_gradient_part(objective, state, params)
-                raise FlowDivergedError(
-                    f"flow diverged at step {step}: the gradient of {part!r} is not finite "
-                    f"(objective {fvalue}); the last finite state and the history are attached",
-                    step=step, part=part, last_state=state.snapshot(), history=history,
-                    trajectory=None if recorder is None else recorder.result(),
-                    trajectory_steps=None if recorder is None else recorder.steps,
-                )
+                raise diverged(step, part, f"the gradient of {part!r} is not finite (objective {fvalue})")
             if clip is not None:
                 clip_gradients(params, *clip)
             lr = float(opt.param_groups[feature_group]["lr"])
@@ -559,13 +747,8 @@ def run_flow(
                     backup.restore(state)
                     bad = [k for k, v in bad_state.tensors().items()
                            if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
-                    raise FlowDivergedError(
-                        f"flow diverged at step {step}: the update made {bad} non-finite with a finite "
-                        f"gradient (norm {gnorm:.3g}, lr {lr:.3g}); reduce lr or set grad_clip",
-                        step=step, part="update", last_state=state.snapshot(), history=history,
-                        trajectory=None if recorder is None else recorder.result(),
-                        trajectory_steps=None if recorder is None else recorder.steps,
-                    )
+                    raise diverged(step, "update", f"the update made {bad} non-finite with a finite "
+                                   f"gradient (norm {gnorm:.3g}, lr {lr:.3g})")
                 changed = bool(dynamics.after_step(state, step))
             if changed:
                 objective.reset()
@@ -602,6 +785,8 @@ def run_flow(
                     stop_reason = STOP_EARLY
             if stop:
                 stop_reason = STOP_CALLBACK
+            if stop_reason == STOP_STEPS and state.step < steps and should_stop is not None and should_stop():
+                stop_reason = STOP_INTERRUPTED  # a signal: end here, with this step's checkpoint
             if bar is not None:
                 bar.update(1)
                 if step % postfix_every == 0:
@@ -625,9 +810,18 @@ def run_flow(
 
     final_value, final_parts = None, {}
     if evaluate_final:
-        with torch.no_grad():
-            v, final_parts = objective.evaluate(state)
+        try:
+            with torch.no_grad():
+                v, final_parts = objective.evaluate(state)
+        except Exception as err:  # noqa: BLE001 - see the loop
+            if not _is_linalg_failure(err):
+                raise
+            raise diverged(state.step, "linalg", "evaluating the final state failed "
+                           f"({type(err).__name__}: {str(err)[:160]})") from err
         final_value = float(v)
+        if not math.isfinite(final_value):
+            raise diverged(state.step, getattr(objective, "name", "objective"),
+                           f"the objective of the final state is {final_value}")
     return FlowResult(
         state=state,
         history=history,
@@ -639,7 +833,10 @@ def run_flow(
         final_parts=dict(final_parts),
         wall_time=time.perf_counter() - t0,
         resumed_from=resumed_from,
+        resumed_checkpoint=None if ckpt_path is None else str(ckpt_path),
+        skipped_checkpoints=skipped,
     )
 
 
-__all__ = ["run_flow", "FlowResult", "FlowDivergedError", "make_scheduler", "clip_gradients"]
+__all__ = ["run_flow", "FlowResult", "FlowDivergedError", "make_scheduler", "clip_gradients",
+           "objective_rose", "DIVERGENCE_HINT", "RISE_FACTOR"]

@@ -12,8 +12,9 @@ from flow_helpers import LabelGaussianSinkhorn, Scripted, adam, blobs, sgd
 from dsflow.data.container import LabeledData
 from dsflow.flow.checkpoint import list_checkpoints
 from dsflow.flow.dynamics import FeatureDriven, JointDrivenVariableLabel
-from dsflow.flow.engine import FlowDivergedError, make_scheduler, run_flow
+from dsflow.flow.engine import FlowDivergedError, make_scheduler, objective_rose, run_flow
 from dsflow.functionals import AffineNorm, BallConstraint, Entropy, FeatureNorm, WeightedSum
+from dsflow.functionals.base import Functional
 
 
 def fd_state(n=20, d=2, seed=0, dtype=torch.float32, scale=3.0):
@@ -97,6 +98,103 @@ def test_nan_guard_catches_non_finite_update():
         run_flow(st, huge, dyn, sgd(1e10), steps=5, progress=False)
     assert info.value.step == 0 and info.value.part == "update"
     assert torch.equal(info.value.last_state.x, x0)  # exact: the bad update is never applied
+
+
+class FailingEigh(Functional):
+    """`quadratic` whose eigensolver fails from ``bad_step`` on (as torch's eigh does on
+    ill-conditioned matrices of particles thrown far away), in the forward or backward pass."""
+
+    name = "eigh"
+
+    def __init__(self, bad_step=2, where="forward", error="linalg"):
+        self.bad_step, self.where, self.error = bad_step, where, error
+
+    def _fail(self):
+        if self.error == "linalg":
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge because the input "
+                                           "matrix is ill-conditioned (error code: 21)")
+        raise RuntimeError("cholesky: The factorization could not be completed because the input is not "
+                           "positive-definite")
+
+    def __call__(self, state):
+        v = quadratic()(state)
+        if state.step < self.bad_step:
+            return v
+        if self.where == "forward":
+            self._fail()
+        fail = self._fail
+
+        class Boom(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, t):
+                return t.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                fail()
+
+        return Boom.apply(v)
+
+
+@pytest.mark.parametrize("where,error", [("forward", "linalg"), ("backward", "linalg"), ("forward", "cholesky")])
+def test_linear_algebra_failure_is_a_divergence(where, error):
+    st, dyn = fd_state()
+    ref, _ = fd_state()
+    run_flow(ref, quadratic(), dyn, sgd(0.5), steps=2, progress=False)
+    with pytest.raises(FlowDivergedError) as info:
+        run_flow(st, FailingEigh(2, where, error), dyn, sgd(0.5), steps=10, progress=False)
+    err = info.value
+    assert err.step == 2 and err.part == "linalg" and len(err.history) == 2
+    assert "step 2" in str(err) and "optimizer.lr" in str(err) and "flow.grad_clip" in str(err)
+    assert err.last_state.step == 2 and torch.equal(err.last_state.x, ref.x.detach())
+
+
+def test_other_runtime_errors_are_not_divergences():
+    class Broken(Functional):
+        def __call__(self, state):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+
+    st, dyn = fd_state()
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as info:
+        run_flow(st, Broken(), dyn, sgd(0.5), steps=3, progress=False)
+    assert not isinstance(info.value, FlowDivergedError)
+
+
+def test_every_divergence_message_gives_the_lr_and_clip_hint():
+    for obj, lr in [(WeightedSum({"ball": BallConstraint(radius=1.0), "bad": Scripted(bad_step=1)}), 1.0),
+                    (WeightedSum({"q": {"weight": 1e30, "functional": quadratic()}}), 1e10)]:
+        st, dyn = fd_state()
+        with pytest.raises(FlowDivergedError) as info:
+            run_flow(st, obj, dyn, sgd(lr), steps=5, progress=False)
+        assert "optimizer.lr" in str(info.value) and "flow.grad_clip" in str(info.value)
+
+
+def test_objective_rose_rule():
+    assert objective_rose(4.3, 2.7e19) and objective_rose(1.0, 11.5) and objective_rose(1.0, float("inf"))
+    assert not objective_rose(1.0, 10.9) and not objective_rose(4.3, 0.1) and not objective_rose(None, 3.0)
+    assert objective_rose(-1.0, 9.5) and not objective_rose(-1.0, 8.0)  # a rise of 10x |before|
+    assert objective_rose(0.0, 1e-6) and not objective_rose(0.0, 1e-12)  # the floor of |before|
+
+
+def test_stop_request_ends_at_a_step_boundary_with_a_checkpoint(tmp_path):
+    ref, dyn = fd_state()
+    run_flow(ref, quadratic(), dyn, sgd(0.3), steps=8, progress=False)
+    st, dyn = fd_state()
+    asked = []
+
+    def should_stop():
+        asked.append(st.step)
+        return st.step >= 3
+
+    res = run_flow(st, quadratic(), dyn, sgd(0.3), steps=8, progress=False, should_stop=should_stop,
+                   checkpoint_every=100, checkpoint_dir=tmp_path)
+    assert res.stop_reason == "interrupted" and res.steps_done == 3 and len(res.history) == 3
+    assert asked == [1, 2, 3]  # after each completed step
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000003.pt"]
+    st2, dyn = fd_state()
+    res2 = run_flow(st2, quadratic(), dyn, sgd(0.3), steps=8, progress=False, resume=True,
+                    checkpoint_every=100, checkpoint_dir=tmp_path)
+    assert res2.resumed_from == 3 and torch.equal(st2.x.detach(), ref.x.detach())
 
 
 # ----------------------------------------------------------------------------- stopping
