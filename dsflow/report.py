@@ -9,6 +9,10 @@ Outputs (written into the sweep directory unless ``out`` is given):
 * ``report.csv`` and ``report.md``: one row per run, the swept settings and the figures;
 * ``report_<metric>_vs_<setting>.png``: each numeric metric against each swept numeric
   setting (one line per value of the other swept settings);
+* runs that did not finish are listed by kind: failed (``status: failed``, with the error),
+  interrupted (SIGINT/SIGTERM: ``status: interrupted``, with the steps completed) and
+  unfinished (``status: running``: still running, or killed with ``kill -9``; the steps
+  completed are then counted in its ``metrics.jsonl``);
 * ``table1.md``: for ``nist_to_mnist`` sweeps, the paper's Table 1 layout (rows: before the
   flow, supervised flow, unsupervised flow; columns: source datasets), with the paper's
   numbers next to ours.
@@ -55,6 +59,30 @@ class RunRecord:
     @property
     def status(self) -> str:
         return str(self.summary.get("status", "ok"))
+
+    @property
+    def steps_done(self) -> int | None:
+        """Steps completed: the summary's ``steps_done``, else (a run killed before it wrote its
+        summary) the number of rows in its ``metrics.jsonl``."""
+        done = self.summary.get("steps_done")
+        if isinstance(done, int) and not isinstance(done, bool):
+            return done
+        metrics = self.path / "metrics.jsonl"
+        if not metrics.is_file():
+            return None
+        with open(metrics) as f:
+            return sum(1 for line in f if line.strip().endswith("}"))  # a half-written last line is no step
+
+    @property
+    def steps(self) -> int | None:
+        """Steps asked for: ``steps`` of the summary, else of the run's ``config.yaml``."""
+        steps = self.summary.get("steps")
+        if steps is None and (self.path / "config.yaml").is_file():
+            try:
+                steps = (_read_yaml(self.path / "config.yaml") or {}).get("steps")
+            except Exception:  # noqa: BLE001 - a damaged config only loses this column
+                steps = None
+        return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
 def _parse_override(line: str) -> tuple[str, str] | None:
@@ -147,11 +175,11 @@ def _fmt(value: Any) -> str:
 def table_rows(runs: list[RunRecord]) -> tuple[list[str], list[list[Any]]]:
     axes = swept_keys(runs)
     metrics = [m for m in METRICS if any(m in r.summary for r in runs)]
-    header = ["run", *axes, "status", *metrics]
+    header = ["run", *axes, "status", "steps_done", "steps", *metrics]
     rows = []
     for r in runs:
         rows.append(
-            [r.path.name, *[r.overrides.get(k, "") for k in axes], r.status]
+            [r.path.name, *[r.overrides.get(k, "") for k in axes], r.status, r.steps_done, r.steps]
             + [r.summary.get(m) for m in metrics]
         )
     return header, rows
@@ -273,11 +301,33 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
         w.writerow(header)
         w.writerows([["" if v is None else v for v in row] for row in rows])
     written["csv"] = out_dir / "report.csv"
-    failed = [r for r in runs if r.status != "ok"]
-    md = [f"# Sweep report: {Path(root)}\n", f"{len(runs)} runs, {len(failed)} failed.\n", markdown_table(header, rows)]
+    failed = [r for r in runs if r.status == "failed"]
+    interrupted = [r for r in runs if r.status == "interrupted"]
+    unfinished = [r for r in runs if r.status not in ("ok", "failed", "interrupted")]
+    counts = f"{len(runs)} runs, {len(failed)} failed, {len(interrupted)} interrupted"
+    if unfinished:
+        counts += f", {len(unfinished)} unfinished"
+    md = [f"# Sweep report: {Path(root)}\n", counts + ".\n", markdown_table(header, rows)]
+
+    def steps_of(r: RunRecord) -> str:
+        return f"{_fmt(r.steps_done) or '?'} of {_fmt(r.steps) or '?'} steps"
+
     if failed:
         md.append("\n## Failed runs\n")
         md += [f"- `{r.path.name}`: {r.summary.get('error', 'unknown error')}\n" for r in failed]
+    if interrupted:
+        md.append("\n## Interrupted runs\n")
+        md += [f"- `{r.path.name}`: {steps_of(r)} completed ({r.summary.get('error') or 'interrupted'}); "
+               "flowed.npz holds the particles of the last completed step\n" for r in interrupted]
+    if unfinished:
+        md.append("\n## Unfinished runs\n")
+        md += [f"- `{r.path.name}`: status `{r.status}`: still running, or killed without a chance to "
+               f"write its summary (kill -9, power loss) after {steps_of(r)}; its checkpoints, if any, "
+               "resume it (flow.resume=true)\n" for r in unfinished]
+    warned = [r for r in runs if r.summary.get("warnings")]
+    if warned:
+        md.append("\n## Warnings\n")
+        md += [f"- `{r.path.name}`: {w}\n" for r in warned for w in r.summary["warnings"]]
     t1 = table1(runs)
     if t1:
         (out_dir / "table1.md").write_text("# Table 1 (Alvarez-Melis & Fusi 2021 layout)\n\n" + t1)

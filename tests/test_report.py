@@ -79,3 +79,25 @@ def test_errors_are_clear(tmp_path, capsys):
         find_runs(tmp_path)
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_interrupted_and_killed_runs_are_reported_with_their_steps(tmp_path):
+    root = tmp_path / "multirun"
+    _job(root, 0, ["seed=0"], {"status": "ok", "steps": 40, "steps_done": 40, "objective_after": 0.1})
+    _job(root, 1, ["seed=1"], {"status": "interrupted", "steps": 100000, "steps_done": 6,
+                              "error": "interrupted by SIGINT after 6 of 100000 steps"})
+    killed = _job(root, 2, ["seed=2"], {"status": "running"})  # kill -9: the summary written at the start
+    (killed / "config.yaml").write_text("seed: 2\nsteps: 500\n")
+    (killed / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\n{"step": 3, "obj')  # cut mid-line
+    runs = find_runs(root)
+    assert [(r.status, r.steps_done, r.steps) for r in runs] == [
+        ("ok", 40, 40), ("interrupted", 6, 100000), ("running", 3, 500)]
+    md = write_report(root, plots=False)["markdown"].read_text()
+    assert "3 runs, 0 failed, 1 interrupted, 1 unfinished." in md
+    assert "## Interrupted runs" in md and "`1`: 6 of 100000 steps completed (interrupted by SIGINT" in md
+    assert "## Unfinished runs" in md and "`2`: status `running`" in md and "kill -9" in md and "3 of 500 steps" in md
+    assert "## Failed runs" not in md
+    with open(root / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["status"], r["steps_done"], r["steps"]) for r in rows] == [
+        ("ok", "40", "40"), ("interrupted", "6", "100000"), ("running", "3", "500")]
