@@ -117,6 +117,30 @@ def check_same_feature_space(source, target) -> None:
     )
 
 
+def load_datasets(cfg, device=None, dtype=None):
+    """``(source, target)`` from ``cfg.source`` / ``cfg.target``, validated, on ``device``/``dtype``.
+
+    The one loader of `dsflow` and `dsflow-distance` (both must refuse the same data): each
+    config must build a `LabeledData` with finite features, and both must share the feature
+    dimension.  Errors name the side (``source``/``target``) and the dataset.
+    """
+    from hydra.utils import instantiate
+
+    from dsflow.data.container import LabeledData
+
+    datasets = []
+    for side in ("source", "target"):
+        data = instantiate(cfg[side])
+        if not isinstance(data, LabeledData):
+            raise TypeError(
+                f"{side}: the dataset config's _target_ must return LabeledData, got {type(data).__name__}"
+            )
+        datasets.append(data.check_finite(side))
+    source, target = datasets
+    check_same_feature_space(source, target)
+    return source.to(device, dtype), target.to(device, dtype)
+
+
 def describe_data(data) -> dict[str, Any]:
     """Facts about a dataset for ``summary.json``."""
     return {
@@ -212,21 +236,7 @@ def stage_setup(ctx: RunContext) -> None:
 
 
 def stage_load_data(ctx: RunContext) -> None:
-    from hydra.utils import instantiate
-
-    from dsflow.data.container import LabeledData
-
-    datasets = {}
-    for side in ("source", "target"):
-        data = instantiate(ctx.cfg[side])
-        if not isinstance(data, LabeledData):
-            raise TypeError(
-                f"{side}: the dataset config's _target_ must return LabeledData, got {type(data).__name__}"
-            )
-        datasets[side] = data
-    check_same_feature_space(datasets["source"], datasets["target"])
-    ctx.source = datasets["source"].to(ctx.device, ctx.dtype)
-    ctx.target = datasets["target"].to(ctx.device, ctx.dtype)
+    ctx.source, ctx.target = load_datasets(ctx.cfg, ctx.device, ctx.dtype)
     ctx.summary.update(
         n=ctx.source.n, d=ctx.source.d, classes=ctx.source.num_classes,
         target_n=ctx.target.n, target_classes=ctx.target.num_classes,
@@ -271,12 +281,40 @@ def stage_build(ctx: RunContext) -> None:
         optimizer = functools.partial(optimizer.func, *optimizer.args, **{**optimizer.keywords, "lr": lr})
         ctx.summary.update(time_step=float(ctx.cfg.time_step), lr=lr)
         log.info("time_step=%g with %d particles: optimizer.lr = %g", float(ctx.cfg.time_step), ctx.source.n, lr)
-    ctx.objective = objective.bind(source=ctx.source, target=ctx.target) or objective
-    ctx.dynamics = dynamics
-    ctx.optimizer = optimizer
-    ctx.state = dynamics.init_state(ctx.source, device=ctx.device, dtype=ctx.dtype)
+    from dsflow.ot.gaussian import SingletonClassError
+
+    try:
+        ctx.objective = objective.bind(source=ctx.source, target=ctx.target) or objective
+        ctx.dynamics = dynamics
+        ctx.optimizer = optimizer
+        ctx.state = dynamics.init_state(ctx.source, device=ctx.device, dtype=ctx.dtype)
+        ctx.objective.check(ctx.state)  # before step 0: e.g. a class of one sample
+    except SingletonClassError as exc:
+        raise exc.with_fix(singleton_override(ctx.cfg)) from None
     ctx.summary.update(functional=type(objective).__name__, dynamics=getattr(dynamics, "name", ""),
                        optimizer=getattr(optimizer, "func", optimizer).__name__)
+
+
+def singleton_override(cfg) -> str:
+    """The command-line override that sets ``allow_singletons`` on the run's OTDD functional
+    (``functional.allow_singletons=true``, or the nested key of a weighted sum)."""
+    from omegaconf import OmegaConf
+
+    def find(node, path):
+        if OmegaConf.is_dict(node):
+            if str(node.get("_target_", "")).rsplit(".", 1)[-1] == "OTDD":
+                return path, "allow_singletons" in node
+            for key in node:
+                found = find(node[key], f"{path}.{key}")
+                if found:
+                    return found
+        return None
+
+    found = find(cfg.get("functional"), "functional")
+    if not found:
+        return "allow_singletons=true on the OTDD functional"
+    path, present = found
+    return f"{'' if present else '+'}{path}.allow_singletons=true"
 
 
 def stage_extension(ctx: RunContext) -> None:
@@ -461,15 +499,22 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
     """
     from omegaconf import OmegaConf
 
+    from dsflow.config_checks import check_run_config
     from dsflow.loggers import build_loggers
+    from dsflow.rundir import PREVIOUS_RUN_FILES, check_previous_run, check_writable
 
+    check_run_config(cfg)  # types of steps, seed, optimizer.lr, ...: before anything runs
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     if run_dir is None:
         if cfg.get("output_dir"):
             run_dir = Path(cfg.output_dir)
         else:
             raise ValueError("run(cfg): no run directory; pass run_dir=... or run through the `dsflow` command")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
+    resume = bool((cfg.get("flow") or {}).get("resume", False))
+    if check_previous_run(run_dir, overwrite=bool(cfg.get("overwrite", False)), resume=resume) and not resume:
+        for name in PREVIOUS_RUN_FILES:  # overwrite=true: the old record goes, not appended to
+            (run_dir / name).unlink(missing_ok=True)
     OmegaConf.set_struct(cfg, True)  # typo'd keys fail loudly also when called as a library
     config = plain_config(cfg)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))

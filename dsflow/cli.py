@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -45,6 +47,20 @@ def _job_info() -> tuple[str, list, bool]:
     return hc.runtime.output_dir, list(hc.overrides.task), hc.mode == RunMode.MULTIRUN
 
 
+def error_message(exc: BaseException) -> str:
+    """One line for a failed job: Hydra's ``InstantiationException`` (three lines: the target,
+    the ``repr`` of the real error, ``full_key``) becomes ``KEY: Error: message``."""
+    from hydra.errors import InstantiationException
+
+    key = ""
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        found = re.search(r"full_key: (\S+)", str(exc))
+        key = key or (found.group(1) if found else "")
+        exc = exc.__cause__
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+    return f"{key}: {text}" if key else text
+
+
 def _run_job(cfg: DictConfig, runner) -> dict | None:
     """Run one job with ``runner(cfg) -> summary``; record, print and swallow its failure.
 
@@ -54,7 +70,7 @@ def _run_job(cfg: DictConfig, runner) -> dict | None:
     try:
         summary = runner(cfg)
     except Exception as exc:  # noqa: BLE001 - recorded, reported at exit with status 1
-        message = f"{type(exc).__name__}: {exc}"
+        message = error_message(exc)
         log.error("run failed: %s\n(outputs and summary.json in %s)", message, run_dir)
         log.debug("traceback:", exc_info=True)
         JOBS.append(JobOutcome(run_dir, overrides, "failed", message))
@@ -83,7 +99,8 @@ def _exit_status() -> int:
     if not failed:
         return 0
     if len(JOBS) == 1:
-        print(f"dsflow: error: {failed[0].error}\n  details: {failed[0].run_dir}/summary.json",
+        details = Path(failed[0].run_dir) / "summary.json"
+        print(f"dsflow: error: {failed[0].error}" + (f"\n  details: {details}" if details.is_file() else ""),
               file=sys.stderr)
     else:
         print(f"dsflow: {len(failed)} of {len(JOBS)} jobs failed:", file=sys.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 log = logging.getLogger("dsflow")
 
 #: config keys passed to `dsflow.otdd` as keyword arguments (plus everything in ``options``)
-OTDD_KEYS = ("inner", "outer", "p", "entreg", "feature_weight", "label_weight")
+OTDD_KEYS = ("inner", "outer", "p", "entreg", "feature_weight", "label_weight", "allow_singletons")
 
 
 def class_coupling(coupling, y_source, y_target, classes_source, classes_target):
@@ -49,14 +49,15 @@ def run_distance(cfg, run_dir: str | Path | None = None) -> dict:
     Returns the summary (also ``summary.json``; ``status: failed`` and the error when it
     raises).
     """
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     import dsflow
-    from dsflow.app import (check_same_feature_space, describe_data, hydra_run_dir, plain_config,
-                            resolve_device, resolve_dtype, seed_everything)
+    from dsflow.app import (describe_data, hydra_run_dir, load_datasets, plain_config, resolve_device,
+                            resolve_dtype, seed_everything)
+    from dsflow.config_checks import check_distance_config
     from dsflow.loggers.local import write_json
 
+    check_distance_config(cfg)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     if run_dir is None:
         raise ValueError("run_distance(cfg): pass run_dir=... or run through `dsflow-distance`")
@@ -69,15 +70,18 @@ def run_distance(cfg, run_dir: str | Path | None = None) -> dict:
     try:
         seed_everything(cfg.seed)
         device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
-        source, target = instantiate(cfg.source), instantiate(cfg.target)
-        check_same_feature_space(source, target)
-        source, target = source.to(device, dtype), target.to(device, dtype)
-        options = {k: cfg[k] for k in OTDD_KEYS}
+        source, target = load_datasets(cfg, device, dtype)
+        options = {k: cfg[k] for k in OTDD_KEYS if k in cfg}
         options.update(OmegaConf.to_container(cfg.options, resolve=True) if cfg.get("options") else {})
         summary.update(device=str(device), dtype=str(cfg.dtype), otdd_options=options,
                        source=describe_data(source), target=describe_data(target))
         tic = time.perf_counter()
-        result = dsflow.otdd(source, target, return_label_distances=True, return_coupling=True, **options)
+        from dsflow.ot.gaussian import SingletonClassError
+
+        try:
+            result = dsflow.otdd(source, target, return_label_distances=True, return_coupling=True, **options)
+        except SingletonClassError as exc:
+            raise exc.with_fix("allow_singletons=true") from None
         summary["otdd_time_s"] = time.perf_counter() - tic
         summary["distance"] = float(result.distance)
         if getattr(result, "cost", None) is not None:

@@ -130,6 +130,26 @@ class LabeledData:
             raise ValueError(f"{self.name}: not image data (image_shape={self.image_shape})")
         return self.x.reshape(self.n, *self.image_shape)
 
+    def check_finite(self, role: str = "") -> "LabeledData":
+        """Raise a ValueError naming the dataset (``role``: ``source``/``target``) when its
+        features hold NaN or Inf; returns ``self``.  Every entry point runs it on its inputs
+        (`dsflow.app.load_datasets`): a NaN would otherwise give a NaN (or a clamped 0) OTDD."""
+        import torch
+
+        x = self.x.detach()
+        finite = torch.isfinite(x)
+        if bool(finite.all()):
+            return self
+        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        rows = torch.nonzero(~finite.all(1)).flatten()
+        what = " and ".join(f"{k} {label}" for k, label in ((nan, "NaN"), (inf, "Inf")) if k)
+        who = f"{role} dataset {self.name!r}" if role else f"dataset {self.name!r}"
+        raise ValueError(
+            f"{who}: the features hold {what} value(s) in {rows.numel()} of {self.n} samples (first at row "
+            f"{int(rows[0])}); clean the data or drop those samples, e.g. keep = np.isfinite(x).all(axis=1); "
+            "np.savez(path, x=x[keep], y=y[keep])"
+        )
+
     # ------------------------------------------------------------------ derived copies
     def with_(self, **changes) -> "LabeledData":
         """A copy with some fields replaced (validated again)."""

@@ -116,12 +116,24 @@ def npz(
     if path is None or str(path) == "":
         raise ValueError("npz: give the file with `path=...` (e.g. `source.path=/data/mine.npz`)")
     path = Path(path).expanduser()
+    expected = "an .npz archive of arrays x (n, d) and y (n,), e.g. written by numpy.savez(path, x=x, y=y)"
+    if path.is_dir():
+        raise ValueError(f"npz: {str(path)!r} is a directory; source.path (or target.path) must name the .npz "
+                         f"file itself, {expected}")
     if not path.is_file():
-        raise FileNotFoundError(f"npz: file not found: {str(path)!r} (absolute: {str(path.absolute())!r})")
+        raise FileNotFoundError(f"npz: file not found: {str(path)!r} (absolute: {str(path.absolute())!r}); "
+                                f"give {expected}")
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise ValueError(f"npz: {str(path)!r} is a .npy file (a single array); dsflow needs {expected} "
+                         "(features and labels together)")
+    if not magic.startswith(b"PK"):
+        raise ValueError(f"npz: {str(path)!r} is not an .npz archive (not a zip file of numpy arrays); give {expected}")
     try:
         archive = np.load(path, allow_pickle=False)
-    except Exception as err:  # a corrupt or non-npz file
-        raise ValueError(f"npz: could not read {str(path)!r} as a .npz archive: {err}") from err
+    except Exception as err:  # a corrupt archive
+        raise ValueError(f"npz: could not read {str(path)!r} as an .npz archive ({err}); give {expected}") from err
     with archive:
         present = list(archive.files)
         for role, key in (("x_key", x_key), ("y_key", y_key)):

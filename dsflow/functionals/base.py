@@ -32,6 +32,10 @@ class Functional:
         """Receive the datasets of the run (e.g. the OTDD target).  Returns ``self``."""
         return self
 
+    def check(self, state: ParticleState) -> None:
+        """Refuse an initial state this functional cannot evaluate, before step 0 (the app
+        calls it once the particles are built).  Raises ``ValueError``; default: accept."""
+
     def reset(self) -> None:
         """Forget caches (warm starts, cached label distances), e.g. after labels change."""
 
@@ -82,6 +86,11 @@ class WeightedSum(Functional):
         for f in self.terms.values():
             f.bind(source=source, target=target)
         return self
+
+    def check(self, state: ParticleState) -> None:
+        for f in self.terms.values():
+            if hasattr(f, "check"):
+                f.check(state)
 
     def reset(self) -> None:
         for f in self.terms.values():

@@ -71,6 +71,7 @@ class OTDD(Functional):
         inner_entreg: float = 0.1,
         overrelax: float = 1.8,
         solver: str = "dsflow",
+        allow_singletons: bool = False,
         target: Any = None,
     ):
         from dsflow.ot.labels import INNER_CHOICES
@@ -91,6 +92,7 @@ class OTDD(Functional):
         self.gaussian_method, self.diagonal_cov, self.cov_ridge = gaussian_method, bool(diagonal_cov), float(cov_ridge)
         self.exact_inner_solver, self.inner_entreg = exact_inner_solver, float(inner_entreg)
         self.overrelax = float(overrelax)
+        self.allow_singletons = bool(allow_singletons)
         if solver not in ("dsflow", "geomloss"):
             raise ValueError(f"OTDD: solver must be 'dsflow' or 'geomloss', got {solver!r}")
         if solver == "geomloss" and outer == "exact":
@@ -117,7 +119,11 @@ class OTDD(Functional):
         return self.inner != "none" and self.label_weight != 0.0
 
     def bind(self, *, source=None, target=None) -> "OTDD":
-        """Receive the fixed target dataset; target-side caches are rebuilt lazily."""
+        """Receive the fixed target dataset; target-side caches are rebuilt lazily.
+
+        With the Gaussian label model, a target class of one sample raises
+        `SingletonClassError` here, before any step, unless ``allow_singletons`` (the
+        source's classes are checked on the initial state: `check`)."""
         if target is not None:
             from dsflow.data.container import LabeledData
 
@@ -126,7 +132,29 @@ class OTDD(Functional):
             self.target = target
             self._target_cache = {}
             self.reset()
+        if target is not None and self._checks_singletons:
+            from dsflow.ot.gaussian import check_class_sizes
+
+            check_class_sizes(target, "target", fix="OTDD(allow_singletons=True)")
         return self
+
+    @property
+    def _checks_singletons(self) -> bool:
+        return self.inner == "gaussian" and self._uses_labels and not self.allow_singletons
+
+    def check(self, state) -> None:
+        """Before step 0: with feature-driven labels and the Gaussian label model, a source
+        class of one sample raises `SingletonClassError` (joint-driven states carry their
+        own label Gaussians, so they need no such check)."""
+        if state.label_means is None and self._checks_singletons:
+            from dsflow.data.container import LabeledData
+            from dsflow.ot.gaussian import check_class_sizes
+
+            template = getattr(state, "template", None)
+            data = LabeledData(x=state.x.detach()[:, :1], y=state.y.detach(),
+                               class_names=getattr(template, "class_names", None),
+                               name=getattr(template, "name", "source"))
+            check_class_sizes(data, "source", fix="OTDD(allow_singletons=True)")
 
     def reset(self) -> None:
         """Drop warm starts and source-side label caches (target caches stay valid)."""
@@ -153,7 +181,8 @@ class OTDD(Functional):
                     "log_b": torch.full((xt.shape[0],), -math.log(xt.shape[0]), dtype=dtype, device=device)}
         if self._uses_labels:
             if self.inner in ("gaussian", "means"):
-                gt = class_gaussians(xt, self.target.y.to(device), ct, allow_singletons=self.inner == "means")
+                gt = class_gaussians(xt, self.target.y.to(device), ct,
+                                     allow_singletons=self.allow_singletons or self.inner == "means")
                 tc["stats"] = gt
                 if self._debias:
                     if self.inner == "means":
@@ -220,7 +249,7 @@ class OTDD(Functional):
             if self.inner == "exact":
                 padded = pad_by_class(x, idx, cs.numel())
             else:
-                g = class_gaussians(x, state.y, cs, allow_singletons=self.inner == "means")
+                g = class_gaussians(x, state.y, cs, allow_singletons=self.allow_singletons or self.inner == "means")
                 s_stats = (g.means, g.factors)
         gt = tc.get("stats")
         eye = None

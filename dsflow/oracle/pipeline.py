@@ -152,6 +152,27 @@ def merge_small_clusters(x, clusters, centers, min_size: int = 2):
     return clusters, torch.nonzero(small).flatten().tolist()
 
 
+def check_pushforward_config(cfg, flowed) -> None:
+    """Before the flow: ``pushforward.enabled=true`` needs an oracle to classify the mapped
+    held-out samples, and valid ``pushforward.*`` options (`check_pushforward_options`);
+    ``flowed`` is the part of the source that flows."""
+    from omegaconf import OmegaConf
+
+    from dsflow.config_checks import ConfigValueError
+    from dsflow.oracle.pushforward import check_pushforward_options
+
+    oracle = cfg.get("oracle") or {}
+    if not (oracle.get("stage") if hasattr(oracle, "get") else None):
+        raise ConfigValueError(
+            "pushforward.enabled=true maps held-out source samples for an oracle to classify, but oracle=none; "
+            "pick an oracle (e.g. oracle=mlp_digits) or turn it off with pushforward.enabled=false holdout=0"
+        )
+    pf_cfg = cfg.get("pushforward") or {}
+    options = OmegaConf.to_container(pf_cfg, resolve=True) if OmegaConf.is_config(pf_cfg) else dict(pf_cfg)
+    options.pop("enabled", None)
+    check_pushforward_options(options, dim=flowed.d, image_shape=flowed.image_shape, n=flowed.n)
+
+
 def stage_prepare_source(ctx) -> None:
     """App stage between ``load_data`` and ``build``: hold-out split and pseudo-labels (see module doc)."""
     cfg = ctx.cfg
@@ -166,9 +187,14 @@ def stage_prepare_source(ctx) -> None:
         source = source.subset(flow_index.to(source.y.device))
         ctx.summary.update(n=source.n, holdout_n=ctx.holdout.n)
     pf_cfg = cfg.get("pushforward") or {}
-    if bool(_get(pf_cfg, "enabled", False)) and ctx.holdout is None:
-        raise ValueError("pushforward.enabled=true needs held-out source samples to map: set holdout to a "
-                         "fraction (e.g. holdout=0.2) or a count of samples kept out of the flow")
+    if bool(_get(pf_cfg, "enabled", False)):
+        check_pushforward_config(cfg, source)
+        if ctx.holdout is None:
+            raise ValueError("pushforward.enabled=true needs held-out source samples to map: set holdout to a "
+                             "fraction (e.g. holdout=0.2) or a count of samples kept out of the flow")
+    elif ctx.holdout is not None:
+        log.warning("holdout=%s keeps %d source samples out of the flow, but nothing uses them "
+                    "(pushforward.enabled=false)", cfg.get("holdout"), ctx.holdout.n)
 
     ctx.source_true_y = source.y.detach().clone()
     if mode == "pseudo":

@@ -162,6 +162,49 @@ class PushForward:
         return out
 
 
+def check_pushforward_options(options: dict, *, dim: int, image_shape=None, n: int | None = None) -> None:
+    """Validate the ``pushforward.*`` config before the flow (a bad value would otherwise
+    surface only after every flow step).  ``options`` are the keyword arguments of
+    `fit_pushforward` (``enabled`` removed); ``n`` is the number of flowed particles.  Builds
+    the network once (no training) so that a bad ``architecture``/``options`` fails now."""
+    from dsflow.config_checks import ConfigValueError
+
+    options = dict(options)
+    known = {"architecture", "epochs", "lr", "batch_size", "restarts", "val_fraction", "seed", "residual", "options"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigValueError(f"pushforward.{unknown[0]} is not a push-forward option; valid: {sorted(known)}")
+
+    def whole(key, minimum):
+        v = options.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < minimum):
+            raise ConfigValueError(f"pushforward.{key}={v!r} is not valid: use a whole number >= {minimum}")
+
+    whole("epochs", 0)
+    whole("restarts", 1)
+    whole("batch_size", 1)
+    lr = options.get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ConfigValueError(f"pushforward.lr={lr!r} is not valid: use a positive number, e.g. pushforward.lr=1e-3")
+    vf = options.get("val_fraction")
+    if vf is not None and (isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1):
+        raise ConfigValueError(f"pushforward.val_fraction={vf!r} is not valid: use a fraction in (0, 1), e.g. 0.2")
+    arch = str(options.get("architecture", "auto")).lower()
+    if arch not in PUSHFORWARD_ARCHITECTURES:
+        raise ConfigValueError(f"pushforward.architecture={options.get('architecture')!r} is not valid; use one of "
+                               f"{', '.join(PUSHFORWARD_ARCHITECTURES)}")
+    if n is not None:
+        n_val = max(1, int(round(float(vf if vf is not None else 0.2) * n)))
+        if n - n_val < 1:
+            raise ConfigValueError(f"pushforward: {n} flowed particles are too few to hold out a validation split "
+                                   "(pushforward.val_fraction); flow more samples or lower holdout")
+    try:
+        make_pushforward_net(dim, image_shape, arch, options.get("residual"), **dict(options.get("options") or {}))
+    except (TypeError, ValueError) as err:
+        raise ConfigValueError(f"pushforward.architecture={arch} with pushforward.options="
+                               f"{dict(options.get('options') or {})}: {err}") from None
+
+
 def fit_pushforward(x0, xT, *, image_shape=None, architecture: str = "auto", epochs: int = 20, lr: float = 1e-3,
                     batch_size: int = 64, restarts: int = 10, val_fraction: float = 0.2, seed: int = 0, device=None,
                     residual: bool | None = None, options: dict | None = None) -> PushForward:

@@ -34,6 +34,8 @@ from torch.autograd.function import once_differentiable
 
 __all__ = [
     "GaussianStats",
+    "SingletonClassError",
+    "check_class_sizes",
     "class_gaussians",
     "class_index",
     "bures_w2",
@@ -93,6 +95,39 @@ def class_index(y: torch.Tensor, classes=None) -> tuple[torch.Tensor, torch.Tens
             "pass classes=None or include every label value"
         )
     return classes, index.to(y.device)
+
+
+class SingletonClassError(ValueError):
+    """A class with a single sample where the Gaussian label model needs a covariance.
+
+    Names the side (``role``: ``source``/``target``), the dataset and the classes; ``fix`` is
+    the setting that accepts them as point masses, in the caller's terms (a keyword argument
+    in the library, a config override on the command line: `with_fix`).
+    """
+
+    def __init__(self, role: str, dataset: str, classes: list, names: list, fix: str = "allow_singletons=True"):
+        self.role, self.dataset, self.classes, self.names, self.fix = role, dataset, list(classes), list(names), fix
+        listed = ", ".join(str(c) if str(n) == str(c) else f"{c} ({n})" for c, n in zip(self.classes, self.names))
+        plural = "es" if len(self.classes) > 1 else ""
+        super().__init__(
+            f"{role} dataset {dataset!r}: class{plural} {listed} ha{'ve' if plural else 's'} a "
+            "single sample, so the Gaussian label model (inner=gaussian) cannot estimate a covariance; "
+            f"treat {'them as point masses' if plural else 'it as a point mass'} with {fix}, or drop "
+            f"{'them' if plural else 'it'} from the data ({role}.classes=[...]), or use inner=means or inner=exact"
+        )
+
+    def with_fix(self, fix: str) -> "SingletonClassError":
+        return SingletonClassError(self.role, self.dataset, self.classes, self.names, fix)
+
+
+def check_class_sizes(data, role: str, fix: str = "allow_singletons=True") -> None:
+    """Raise `SingletonClassError` when a class of ``data`` (a `LabeledData`) has one sample."""
+    import torch
+
+    classes, counts = torch.unique(data.y.detach().cpu(), sorted=True, return_counts=True)
+    single = classes[counts < 2].tolist()
+    if single:
+        raise SingletonClassError(role, data.name, single, [data.class_name(c) for c in single], fix)
 
 
 def class_gaussians(

@@ -150,6 +150,11 @@ def otdd(
     t0 = time.perf_counter()
     need_blocks = ("st", "ss", "tt") if outer == "sinkhorn" else ("st",)
     use_labels = inner != "none" and label_weight != 0.0
+    if inner == "gaussian" and (use_labels or return_label_distances) and not allow_singletons:
+        from dsflow.ot.gaussian import check_class_sizes
+
+        check_class_sizes(src, "source", fix="otdd(..., allow_singletons=True)")
+        check_class_sizes(tgt, "target", fix="otdd(..., allow_singletons=True)")
     if use_labels or return_label_distances:
         LD = label_distances(
             xs, ys, xt, yt, inner=inner, p=p, blocks=need_blocks if use_labels else ("st",),
