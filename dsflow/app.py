@@ -207,6 +207,7 @@ class RunContext:
     source_true_y: Any = None  # the source's true labels (differ from source.y with pseudo-labels)
     pushforward: Any = None  # fitted push-forward map (``pushforward.enabled``)
     threads_before: Any = None  # torch's CPU thread count before ``threads`` changed it
+    signals: Any = None  # dsflow.flow.interrupt.StopSignals of the run (SIGINT/SIGTERM)
 
 
 Stage = Callable[[RunContext], None]
@@ -367,6 +368,40 @@ def flow_options(ctx: RunContext) -> dict:
     return options
 
 
+#: Config keys that do not change the particles' trajectory: left out of `flow_fingerprint`,
+#: so a resume may change them freely (``steps`` to extend a flow, logging, plots, threads,
+#: the device, what runs after the flow).
+FINGERPRINT_EXCLUDED = ("steps", "progress", "plot", "logger", "name", "threads", "device", "output_dir",
+                        "overwrite", "oracle", "pushforward")
+FINGERPRINT_EXCLUDED_FLOW = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints", "resume",
+                             "resume_ignore_config", "trajectory_every", "trajectory_dtype", "trajectory_path",
+                             "evaluate_final", "progress")
+
+
+def flow_fingerprint(cfg) -> dict:
+    """The fingerprint (`dsflow.flow.checkpoint.fingerprint`) of every config key that
+    determines the flow: the whole resolved config except `FINGERPRINT_EXCLUDED` (top level)
+    and `FINGERPRINT_EXCLUDED_FLOW` (in ``flow``), flattened to dotted keys
+    (``optimizer.lr``, ``source.seed``, ``functional.entreg``, ``seed``, ``dtype``, ...).
+    A key not listed is in, so a new option is protected by default.  The engine stores it in
+    every checkpoint and refuses a resume under a different one (``flow.resume_ignore_config``)."""
+    from dsflow.flow.checkpoint import fingerprint
+
+    config = {k: v for k, v in plain_config(cfg).items() if k not in FINGERPRINT_EXCLUDED and k != "hydra"}
+    config["flow"] = {k: v for k, v in dict(config.get("flow") or {}).items() if k not in FINGERPRINT_EXCLUDED_FLOW}
+    flat: dict[str, Any] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = node
+
+    walk(config, "")
+    return fingerprint(flat)
+
+
 def _trajectory_arrays(source) -> dict:
     """``trajectory`` (T, n, d) and ``trajectory_steps`` (T,) for an npz, from a FlowResult
     or a FlowDivergedError; empty when no trajectory was recorded."""
@@ -382,12 +417,29 @@ def _trajectory_arrays(source) -> dict:
 
 
 def stage_flow(ctx: RunContext) -> None:
-    from dsflow.flow.engine import FlowDivergedError, run_flow
+    """The particle loop.  Also: the config fingerprint for checkpoints, ``metrics.jsonl``
+    kept whole on resume (rows before the resume point stay), a SIGINT/SIGTERM stop at a step
+    boundary (``flowed.npz`` saved, then `RunInterrupted`), ``resumed_from`` and the
+    ``diverging`` flag (`dsflow.flow.engine.objective_rose`) in the summary."""
+    from contextlib import nullcontext
+
+    from dsflow.flow.engine import DIVERGENCE_HINT, RISE_FACTOR, FlowDivergedError, objective_rose, run_flow
 
     steps = int(ctx.cfg.steps)
+    options = flow_options(ctx)
+    local = ctx.loggers.get("local") if ctx.loggers is not None and hasattr(ctx.loggers, "get") else None
+
+    def on_start(start_step, history):
+        if options.get("resume") and local is not None and hasattr(local, "rewind"):
+            ctx.records = local.rewind(start_step, history)  # the history before the resume point
+
+    signals = ctx.signals
     try:
-        ctx.result = run_flow(ctx.state, ctx.objective, ctx.dynamics, ctx.optimizer, steps=steps,
-                              callbacks=[*ctx.callbacks, _MetricsCallback(ctx)], **flow_options(ctx))
+        with signals.deferred() if signals is not None else nullcontext():
+            ctx.result = run_flow(ctx.state, ctx.objective, ctx.dynamics, ctx.optimizer, steps=steps,
+                                  callbacks=[*ctx.callbacks, _MetricsCallback(ctx)],
+                                  fingerprint=flow_fingerprint(ctx.cfg), should_stop=signals,
+                                  on_start=on_start, **options)
     except FlowDivergedError as exc:
         history = exc.history or ctx.records
         ctx.summary.update(diverged_at_step=exc.step, diverged_part=exc.part, steps_done=len(history))
@@ -419,7 +471,33 @@ def stage_flow(ctx: RunContext) -> None:
         steps_done=done, stop_reason=result.stop_reason, flow_time_s=result.wall_time,
         time_per_step_s=(result.wall_time / done) if done else None,
     )
+    if result.resumed_from is not None:
+        ctx.summary["resumed_from"] = {"step": int(result.resumed_from), "checkpoint": result.resumed_checkpoint}
+        if result.skipped_checkpoints:
+            ctx.summary["resumed_from"]["skipped_corrupt"] = list(result.skipped_checkpoints)
+    ctx.summary["diverging"] = objective_rose(before, after)
+    if ctx.summary["diverging"]:
+        warning = (f"the objective rose from {before:.4g} to {after:.4g} (by more than {RISE_FACTOR:g}x its "
+                   f"initial value): the flow is diverging; {DIVERGENCE_HINT}")
+        ctx.summary.setdefault("warnings", []).append(warning)
+        log.warning(warning)
     log.info("objective %.6g -> %.6g after %d steps (%.1f s)", before, after, done, result.wall_time)
+    interrupted = signals.received if signals is not None else None
+    if interrupted is None and result.stop_reason == "interrupted":
+        import signal
+
+        interrupted = signal.SIGINT  # a KeyboardInterrupt raised without our handler (e.g. in a thread)
+    if interrupted is not None:
+        from dsflow.flow.interrupt import RunInterrupted
+
+        stage_save(ctx)  # the particles of the last completed step
+        raise RunInterrupted(interrupted, f"interrupted by {_signal_name(interrupted)} after {done} of {steps} steps")
+
+
+def _signal_name(signum) -> str:
+    from dsflow.flow.interrupt import signal_name
+
+    return signal_name(signum)
 
 
 def stage_save(ctx: RunContext) -> None:
@@ -495,7 +573,10 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
 
     ``run_dir`` defaults to the Hydra job's output directory (``hydra.run.dir``), else
     ``cfg.output_dir``.  Exceptions propagate after ``summary.json`` (``status: failed``,
-    ``error``, ``traceback``) and the loggers are written and closed.
+    ``error``, ``traceback``) and the loggers are written and closed.  SIGINT/SIGTERM end the
+    run at the next flow step (`dsflow.flow.interrupt.StopSignals`): ``flowed.npz`` and
+    ``summary.json`` (``status: interrupted``, ``steps_done``) are written, then
+    `RunInterrupted` (a KeyboardInterrupt, exit status 128 + signal in the CLI) propagates.
     """
     from omegaconf import OmegaConf
 
@@ -524,13 +605,31 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
                        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     start = time.perf_counter()
     run_name = cfg.get("name") or None
-    with build_loggers(cfg.get("logger"), run_dir, run_name=run_name) as loggers:
+    from dsflow.flow.interrupt import StopSignals, signal_name
+
+    resume = bool((cfg.get("flow") or {}).get("resume", False))
+
+    # SIGINT/SIGTERM handlers for this run only (restored on the way out): a signal during the
+    # flow stops it at the next step boundary, elsewhere it raises RunInterrupted at once
+    with StopSignals() as signals, build_loggers(cfg.get("logger"), run_dir, run_name=run_name,
+                                                 resume=resume) as loggers:
         ctx.loggers = loggers
+        ctx.signals = signals
         loggers.log_config(config)
+        local = loggers.get("local")
+        if local is not None:  # status "running" on disk: a run killed with -9 is still found
+            local.log_summary(ctx.summary)
         try:
             for stage in stages or DEFAULT_STAGES:
                 stage(ctx)
             ctx.summary["status"] = "ok"
+        except KeyboardInterrupt as exc:  # SIGINT/SIGTERM (RunInterrupted) or a bare Ctrl-C
+            name = signal_name(getattr(exc, "signum", 2))
+            ctx.summary.update(status="interrupted", signal=name, error=str(exc) or f"interrupted by {name}",
+                               error_type=type(exc).__name__)
+            ctx.summary.setdefault("steps_done", 0)
+            exc.summary = ctx.summary
+            raise
         except BaseException as exc:
             ctx.summary.update(
                 status="failed",

@@ -32,6 +32,10 @@ class JobOutcome:
     overrides: list
     status: str
     error: str = ""
+    steps_done: int | None = None  # interrupted jobs: steps completed of ``steps``
+    steps: int | None = None
+    multirun: bool = False
+
 
 
 #: outcomes of the jobs this process ran (one for a run, one per job for a multirun)
@@ -69,6 +73,12 @@ def _run_job(cfg: DictConfig, runner) -> dict | None:
     run_dir, overrides, multirun = _job_info()
     try:
         summary = runner(cfg)
+    except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: recorded, then it stops the whole sweep
+        summary = getattr(exc, "summary", None) or {}
+        JOBS.append(JobOutcome(run_dir, overrides, "interrupted", str(exc) or "interrupted",
+                               steps_done=summary.get("steps_done"), steps=summary.get("steps"),
+                               multirun=multirun))
+        raise
     except Exception as exc:  # noqa: BLE001 - recorded, reported at exit with status 1
         message = error_message(exc)
         log.error("run failed: %s\n(outputs and summary.json in %s)", message, run_dir)
@@ -89,6 +99,11 @@ def _print_flow_result(summary: dict) -> None:
     for key, value in summary.items():  # oracle accuracies, when an oracle stage ran
         if "accuracy" in key and isinstance(value, float):
             lines.append(f"  {key}: {value:.4f}")
+    resumed = summary.get("resumed_from")
+    if isinstance(resumed, dict):
+        lines.append(f"  resumed from step {resumed.get('step')} ({resumed.get('checkpoint')})")
+    for warning in summary.get("warnings") or ():  # e.g. a diverging objective
+        lines.append(f"  WARNING: {warning}")
     lines.append(f"  outputs: {summary.get('run_dir')}")
     print("\n".join(lines), flush=True)
 
@@ -129,10 +144,36 @@ def _distance_app(cfg: DictConfig) -> dict | None:
     return summary
 
 
+def _interrupted_message(exc: BaseException) -> str:
+    """One line (per stopped sweep) for an interrupted command: no traceback."""
+    from dsflow.flow.interrupt import signal_name
+
+    name = signal_name(getattr(exc, "signum", 2))
+    stopped = next((j for j in reversed(JOBS) if j.status == "interrupted"), None)
+    if stopped is None:
+        return f"dsflow: interrupted by {name} during start-up; nothing was run"
+    if stopped.steps_done:
+        what = (f"after {stopped.steps_done} of {stopped.steps} steps; flowed.npz and summary.json "
+                f"(status: interrupted) in {stopped.run_dir}")
+    else:
+        what = f"before the flow started (summary.json in {stopped.run_dir})"
+    line = f"dsflow: interrupted by {name} {what}"
+    if stopped.multirun:
+        line += f"; the sweep stopped at job {len(JOBS) - 1}: the jobs after it were not run"
+    return line
+
+
 def _main(app) -> None:
+    from dsflow.flow.interrupt import exit_code_of
+
     JOBS.clear()
-    app()
+    try:
+        app()
+    except KeyboardInterrupt as exc:  # SIGINT (Ctrl-C) or SIGTERM: 130 / 143, one line
+        print(_interrupted_message(exc), file=sys.stderr, flush=True)
+        sys.exit(exit_code_of(exc))
     sys.exit(_exit_status())
+
 
 
 #: what ``dsflow`` runs unless the command line picks an experiment or a config group

@@ -115,11 +115,12 @@ class LoggerGroup(RunLogger):
 
 
 def build_loggers(logger_cfg: Mapping[str, Any] | None, run_dir: str | Path, *,
-                  run_name: str | None = None) -> LoggerGroup:
+                  run_name: str | None = None, resume: bool = False) -> LoggerGroup:
     """Loggers for one run: local always, plus wandb when ``logger_cfg.name == "wandb"``.
 
     ``logger_cfg`` is the ``logger`` config group (``{name: none}`` or
-    ``{name: wandb, mode: offline, project: ..., ...}``).
+    ``{name: wandb, mode: offline, project: ..., ...}``).  ``resume=True`` keeps the run's
+    ``metrics.jsonl`` (the app rewinds it to the resume point, `LocalLogger.rewind`).
     """
     from dsflow.loggers.local import LocalLogger
 
@@ -130,7 +131,7 @@ def build_loggers(logger_cfg: Mapping[str, Any] | None, run_dir: str | Path, *,
             f"unknown logger {name!r}; valid names: {', '.join(LOGGER_NAMES)} "
             "(choose with `logger=wandb` or `logger=none`)"
         )
-    loggers: list[RunLogger] = [LocalLogger(run_dir)]
+    loggers: list[RunLogger] = [LocalLogger(run_dir, resume=resume)]
     if name == "wandb":
         from dsflow.loggers.wandb_logger import WandbLogger
 
