@@ -607,8 +607,6 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
     run_name = cfg.get("name") or None
     from dsflow.flow.interrupt import StopSignals, signal_name
 
-    resume = bool((cfg.get("flow") or {}).get("resume", False))
-
     # SIGINT/SIGTERM handlers for this run only (restored on the way out): a signal during the
     # flow stops it at the next step boundary, elsewhere it raises RunInterrupted at once
     with StopSignals() as signals, build_loggers(cfg.get("logger"), run_dir, run_name=run_name,

@@ -37,7 +37,6 @@ class JobOutcome:
     multirun: bool = False
 
 
-
 #: outcomes of the jobs this process ran (one for a run, one per job for a multirun)
 JOBS: list[JobOutcome] = []
 
@@ -173,7 +172,6 @@ def _main(app) -> None:
         print(_interrupted_message(exc), file=sys.stderr, flush=True)
         sys.exit(exit_code_of(exc))
     sys.exit(_exit_status())
-
 
 
 #: what ``dsflow`` runs unless the command line picks an experiment or a config group
