@@ -520,8 +520,13 @@ def stage_plots(ctx: RunContext) -> None:
 
     out = ctx.run_dir
     if ctx.records:
+        final = None
+        state = getattr(ctx.result, "state", None)
+        if state is not None and ctx.summary.get("objective_after") is not None:
+            final = (int(state.step), ctx.summary["objective_after"])  # F at the final particles
         ctx.images["objective"] = core.plot_objective(
-            ctx.records, out / "objective.png", title=f"{ctx.source.name} -> {ctx.target.name}")
+            ctx.records, out / "objective.png", title=f"{ctx.source.name} -> {ctx.target.name}", final=final,
+            final_parts=ctx.summary.get("parts_after"), ylabel=getattr(ctx.objective, "label", "objective"))
     panels = {"source (t=0)": ctx.source, f"flowed (t={len(ctx.records)})": ctx.flowed, "target": ctx.target}
     if ctx.flowed is not None and ctx.source.d in (2, 3):
         ctx.images["scatter"] = core.plot_scatter(panels, out / "scatter.png", seed=int(ctx.cfg.seed))

@@ -32,6 +32,11 @@ class Functional:
         """Receive the datasets of the run (e.g. the OTDD target).  Returns ``self``."""
         return self
 
+    @property
+    def label(self) -> str:
+        """What the value is, for axis labels (e.g. ``OTDD²``); default: the name."""
+        return str(self.name)
+
     def check(self, state: ParticleState) -> None:
         """Refuse an initial state this functional cannot evaluate, before step 0 (the app
         calls it once the particles are built).  Raises ``ValueError``; default: accept."""
@@ -86,6 +91,11 @@ class WeightedSum(Functional):
         for f in self.terms.values():
             f.bind(source=source, target=target)
         return self
+
+    @property
+    def label(self) -> str:
+        return " + ".join(f.label if self.weights[k] == 1 else f"{self.weights[k]:g}·{f.label}"
+                          for k, f in self.terms.items())
 
     def check(self, state: ParticleState) -> None:
         for f in self.terms.values():

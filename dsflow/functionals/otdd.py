@@ -139,6 +139,12 @@ class OTDD(Functional):
         return self
 
     @property
+    def label(self) -> str:
+        """``OTDD²`` (p=2): the value is the OT cost, the p-th power of the distance."""
+        power = {1.0: "", 2.0: "²", 3.0: "³"}.get(self.p, f"^{self.p:g}")
+        return f"OTDD{power}"
+
+    @property
     def _checks_singletons(self) -> bool:
         return self.inner == "gaussian" and self._uses_labels and not self.allow_singletons
 

@@ -136,7 +136,10 @@ class OracleMonitor:
     ``state.template.y`` (the dataset the particles started from), ``state.y``.
 
     The monitor keeps its own ``history`` (lists ``step``, ``accuracy`` and ``objective``
-    when the record has one under ``objective_key``) for the figure-6/11 plots.
+    when the record has one under ``objective_key``) for the figure-6/11 plots.  Each
+    objective is F at the same particles as its accuracy: F(x_t) comes with the record of
+    step t (evaluated before that update), and after the last step from
+    `set_final_objective` (the app's ``objective_after``).
     """
 
     def __init__(self, oracle, every: int = 1, *, labels=None, key: str = "accuracy", per_class: bool = False,
@@ -183,13 +186,27 @@ class OracleMonitor:
                 record.update({f"{self.key}/{c}": a for c, a in ev.per_class_accuracy.items()})
         self.history["step"].append(int(step))
         self.history["accuracy"].append(ev.accuracy)
-        self.history["objective"].append(None if record is None else self._objective(record))
+        # the objective at this state arrives with the next step's record (see __call__);
+        # after the last step it is the final objective (`set_final_objective`)
+        self.history["objective"].append(None)
         self.last = ev
         return ev
+
+    def set_final_objective(self, value, step: int) -> None:
+        """The objective at the final state (``objective_after``), for the last evaluation
+        when it was made after ``step`` updates (no later record carries it)."""
+        hist = self.history
+        if hist["step"] and hist["step"][-1] == int(step) and hist["objective"][-1] is None and value is not None:
+            hist["objective"][-1] = float(value)
 
     def __call__(self, step: int, record: dict, state) -> None:
         # The engine calls back after the update of step `step` (0-based): the particles have
         # then moved `state.step` (= step + 1) times; that count is what the history records.
+        # The record's objective is F at the state *before* this update (x_step): it belongs to
+        # the accuracy measured after `step` updates, not to the one measured now.
+        hist = self.history
+        if hist["step"] and hist["step"][-1] == int(step) and hist["objective"][-1] is None:
+            hist["objective"][-1] = self._objective(record)
         done = int(getattr(state, "step", step + 1) or step + 1)
         if done % self.every != 0 and done != self.final_step:
             return None

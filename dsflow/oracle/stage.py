@@ -80,6 +80,17 @@ def _true_labels(ctx):
     return (ctx.source.y if true_y is None else true_y).detach()
 
 
+def _oracle_origin(corr) -> dict | None:
+    """``{source class: "oracle t, u"}``: the oracle classes a correspondence maps to each
+    source class (for the confusion matrix's column labels); None without one."""
+    if corr is None:
+        return None
+    origin: dict = {}
+    for oracle_class, source_class in corr.class_map().items():
+        origin.setdefault(int(source_class), []).append(str(oracle_class))
+    return {c: "oracle " + ", ".join(v) for c, v in origin.items()}
+
+
 def oracle_stage(ctx) -> None:
     """The extension stage: see the module docstring."""
     import time
@@ -149,6 +160,10 @@ def oracle_stage(ctx) -> None:
             # the TRUE labels by the Hungarian algorithm on the confusion matrix
             raw = predict(oracle, flowed.x.detach())
             ctx.summary["accuracy_ideal_matching"] = idealized_cluster_accuracy(raw, true_y.cpu())[0]
+        final_step = getattr(getattr(ctx.result, "state", None), "step", None)
+        if final_step is None:
+            final_step = ctx.summary.get("steps_done") or 0
+        monitor.set_final_objective(ctx.summary.get("objective_after"), int(final_step))
         pf_cfg = ctx.cfg.get("pushforward") or {}
         if bool(pf_cfg.get("enabled", False)):
             pushforward_report(ctx, classifier_after)
@@ -161,17 +176,24 @@ def oracle_stage(ctx) -> None:
             from dsflow.plotting.oracle import plot_accuracy_curve, plot_confusion_matrix, plot_objective_vs_accuracy
 
             out = ctx.run_dir
-            names = [ctx.source.class_name(c) for c in ev.true_classes] if not pseudo else None
-            ctx.images["oracle_confusion_before"] = out / "oracle_confusion_before.png"
-            plot_confusion_matrix(before, true_names=names, title=f"before the flow: accuracy {before.accuracy:.3f}",
-                                  path=ctx.images["oracle_confusion_before"])
-            ctx.images["oracle_confusion"] = out / "oracle_confusion.png"
-            plot_confusion_matrix(ev, true_names=names, title=f"after the flow: accuracy {ev.accuracy:.3f}", path=ctx.images["oracle_confusion"])
+            # both axes in the source's label values (a composed classifier maps the oracle's
+            # classes to them), with the same names, so the diagonal is the correct cells;
+            # pseudo-labelled sources carry the target's names, so their true labels show as values
+            names = None if pseudo else {c: ctx.source.class_name(c) for c in ev.true_classes}
+            for key, evaluation, mapping, when in (("oracle_confusion_before", before, corr, "before"),
+                                                   ("oracle_confusion", ev, corr_after, "after")):
+                ctx.images[key] = out / f"{key}.png"
+                plot_confusion_matrix(evaluation, names=names, pred_origin=_oracle_origin(mapping),
+                                      title=f"{when} the flow: accuracy {evaluation.accuracy:.3f}",
+                                      xlabel="predicted class" + (" (oracle class, mapped by the class correspondence)"
+                                                                  if mapping is not None else " (oracle)"),
+                                      ylabel="true source class", path=ctx.images[key])
             ctx.images["oracle_accuracy"] = out / "oracle_accuracy.png"
             plot_accuracy_curve(monitor.history, path=ctx.images["oracle_accuracy"])
             if any(o is not None for o in monitor.history["objective"]):
                 ctx.images["oracle_objective_vs_accuracy"] = out / "oracle_objective_vs_accuracy.png"
-                plot_objective_vs_accuracy(monitor.history, path=ctx.images["oracle_objective_vs_accuracy"])
+                plot_objective_vs_accuracy(monitor.history, xlabel=getattr(ctx.objective, "label", "objective"),
+                                           path=ctx.images["oracle_objective_vs_accuracy"])
             ctx.images["repurposing"] = plot_repurposing(
                 ctx.summary, monitor.history, out / "repurposing.png",
                 title=f"{ctx.source.name} -> {ctx.target.name} ({'pseudo' if pseudo else 'true'} labels)")

@@ -27,12 +27,16 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def plot_objective(records: Sequence[Mapping[str, Any]], path: str | Path, *,
-                   title: str = "objective") -> Path:
+                   title: str = "objective", final: tuple[int, float] | None = None,
+                   final_parts: Mapping[str, float] | None = None, ylabel: str = "objective") -> Path:
     """Objective (and its parts, when there are several) against the flow step.
 
-    ``records`` are ``metrics.jsonl`` rows: ``{"step", "objective", "parts": {...}}``.
-    Non-finite values are dropped; the y axis is logarithmic when every value is positive
-    and they span more than a decade.
+    ``records`` are ``metrics.jsonl`` rows: ``{"step", "objective", "parts": {...}}``; row
+    ``t`` holds F at the particles *before* update ``t``, so the curve would stop one step
+    short of the end: ``final = (steps, objective_after)`` (and ``final_parts``) adds the
+    objective evaluated at the final particles as the last point.  Step ticks are integers;
+    ``ylabel`` names the functional (e.g. ``OTDD²``).  Non-finite values are dropped; the y
+    axis is logarithmic when every value is positive and they span more than a decade.
     """
     import math
 
@@ -46,7 +50,10 @@ def plot_objective(records: Sequence[Mapping[str, Any]], path: str | Path, *,
             xs.append(step)
             ys.append(float(value))
 
-    for rec in records:
+    rows = list(records)
+    if final is not None and final[1] is not None and not any(r.get("step") == final[0] for r in rows):
+        rows.append({"step": int(final[0]), "objective": final[1], "parts": dict(final_parts or {})})
+    for rec in rows:
         step = rec.get("step", 0)
         add("objective", step, rec.get("objective"))
         parts = rec.get("parts") or {}
@@ -61,8 +68,11 @@ def plot_objective(records: Sequence[Mapping[str, Any]], path: str | Path, *,
     values = [v for _, ys in series.values() for v in ys]
     if values and min(values) > 0 and max(values) > 10 * min(values):  # log only over decades
         ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("value")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # flow steps are whole numbers
+    ax.set_xlabel("flow step")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if len(series) > 1:

@@ -75,7 +75,16 @@ def test_monitor_records_every_k_steps(linear_oracle):
     assert monitor.history["step"] == [3, 6, 7]
     assert [("accuracy" in r) for r in records] == [False, False, True, False, False, True, True]
     assert records[2]["accuracy"] == pytest.approx(accuracy(linear_oracle, x + 0.9 * targets, true_y))
-    assert monitor.history["objective"] == [8.0, 5.0, 4.0]
+    # each objective is F at the particles its accuracy was measured on: F(x_3) is the record
+    # of step 3 (evaluated before update 3), not of step 2; after the last step it is the
+    # final objective (objective_after), which no record carries (was [8, 5, 4]: one step early)
+    assert monitor.history["objective"] == [7.0, 4.0, None]
+    monitor.set_final_objective(3.0, 7)
+    assert monitor.history["objective"] == [7.0, 4.0, 3.0]
+    before = OracleMonitor(linear_oracle, every=3, labels=true_y)
+    before.evaluate_state(ParticleState(x=x.clone(), y=state.y), 0)  # before the flow: F(x_0) is step 0's
+    before(0, {"step": 0, "objective": 10.0}, state)
+    assert before.history["step"] == [0] and before.history["objective"] == [10.0]
     assert monitor.history["accuracy"][-1] >= monitor.history["accuracy"][0]
     with pytest.raises(ValueError, match="every"):
         OracleMonitor(linear_oracle, every=0)
