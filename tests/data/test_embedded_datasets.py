@@ -94,8 +94,14 @@ def test_npz_errors_name_the_problem(tmp_path):
     np.savez(tmp_path / "shape.npz", x=np.zeros((2, 10)), y=np.zeros(2))
     with pytest.raises(ValueError, match=r"image_shape \(1, 3, 3\) has 9 values per sample"):
         npz(path=tmp_path / "shape.npz", image_shape=[1, 3, 3])
-    (tmp_path / "junk.npz").write_text("not a zip")
-    with pytest.raises(ValueError, match="could not read .* as a .npz archive"):
+    (tmp_path / "junk.npz").write_text("not a zip")  # was numpy's misleading allow_pickle message
+    np.save(tmp_path / "one.npy", np.zeros((2, 3)))  # was a TypeError
+    with pytest.raises(ValueError, match=r"one.npy' is a .npy file .*numpy.savez\(path, x=x, y=y\)"):
+        npz(path=tmp_path / "one.npy")
+    (tmp_path / "folder.npz").mkdir()  # was "file not found"
+    with pytest.raises(ValueError, match=r"folder.npz' is a directory; .* must name the .npz file itself"):
+        npz(path=tmp_path / "folder.npz")
+    with pytest.raises(ValueError, match=r"junk.npz' is not an .npz archive .*numpy.savez"):
         npz(path=tmp_path / "junk.npz")
 
 
