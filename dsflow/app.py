@@ -603,7 +603,6 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
             (run_dir / name).unlink(missing_ok=True)
     OmegaConf.set_struct(cfg, True)  # typo'd keys fail loudly also when called as a library
     config = plain_config(cfg)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
 
     ctx = RunContext(cfg=cfg, run_dir=run_dir)
     ctx.summary.update(status="running", run_dir=str(run_dir.resolve()),
@@ -623,6 +622,8 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
         if local is not None:  # status "running" on disk: a run killed with -9 is still found
             local.log_summary(ctx.summary)
         try:
+            # inside the try: once config.yaml exists, an interrupt is recorded in summary.json
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
             for stage in stages or DEFAULT_STAGES:
                 stage(ctx)
             ctx.summary["status"] = "ok"
