@@ -188,10 +188,10 @@ def stage_prepare_source(ctx) -> None:
         ctx.summary.update(n=source.n, holdout_n=ctx.holdout.n)
     pf_cfg = cfg.get("pushforward") or {}
     if bool(_get(pf_cfg, "enabled", False)):
-        check_pushforward_config(cfg, source)
         if ctx.holdout is None:
             raise ValueError("pushforward.enabled=true needs held-out source samples to map: set holdout to a "
                              "fraction (e.g. holdout=0.2) or a count of samples kept out of the flow")
+        check_pushforward_config(cfg, source)
     elif ctx.holdout is not None:
         log.warning("holdout=%s keeps %d source samples out of the flow, but nothing uses them "
                     "(pushforward.enabled=false)", cfg.get("holdout"), ctx.holdout.n)

@@ -160,7 +160,7 @@ def oracle_stage(ctx) -> None:
             # the TRUE labels by the Hungarian algorithm on the confusion matrix
             raw = predict(oracle, flowed.x.detach())
             ctx.summary["accuracy_ideal_matching"] = idealized_cluster_accuracy(raw, true_y.cpu())[0]
-        final_step = getattr(getattr(ctx.result, "state", None), "step", None)
+        final_step = getattr(getattr(getattr(ctx, "result", None), "state", None), "step", None)
         if final_step is None:
             final_step = ctx.summary.get("steps_done") or 0
         monitor.set_final_objective(ctx.summary.get("objective_after"), int(final_step))
@@ -192,7 +192,7 @@ def oracle_stage(ctx) -> None:
             plot_accuracy_curve(monitor.history, path=ctx.images["oracle_accuracy"])
             if any(o is not None for o in monitor.history["objective"]):
                 ctx.images["oracle_objective_vs_accuracy"] = out / "oracle_objective_vs_accuracy.png"
-                plot_objective_vs_accuracy(monitor.history, xlabel=getattr(ctx.objective, "label", "objective"),
+                plot_objective_vs_accuracy(monitor.history, xlabel=getattr(getattr(ctx, "objective", None), "label", "objective"),
                                            path=ctx.images["oracle_objective_vs_accuracy"])
             ctx.images["repurposing"] = plot_repurposing(
                 ctx.summary, monitor.history, out / "repurposing.png",
