@@ -241,10 +241,12 @@ def test_nist_to_mnist_composes_with_paper_settings(source, loader):
     assert cfg.source._target_ == f"dsflow.data.{loader}" and cfg.target._target_ == "dsflow.data.mnist"
     assert cfg.oracle.architecture == "lenet5" and cfg.oracle.train._target_ == "dsflow.data.mnist"
     assert cfg.oracle.train.split == "train" and cfg.oracle.correspondence is True
-    # appendix C: 5K samples, 1000 steps, step size 0.1 (= lr / n), lambda = 100 (= entreg / 2)
+    # appendix C: 5K samples, 1000 steps, step size 0.1 and lambda = 100 in the paper's units
+    # (standardised pixels, half cost), mapped to dsflow's by dsflow/units.py (tests/test_units.py)
     assert cfg.source.max_samples == 5000 and cfg.target.max_samples == 5000 and cfg.steps == 1000
-    assert cfg.optimizer.lr / cfg.source.max_samples == pytest.approx(0.1)
-    assert cfg.functional.entreg == 200 and cfg.optimizer._target_ == "torch.optim.SGD"
+    assert cfg.paper["lambda"] == 100 and cfg.paper.step_size == pytest.approx(0.1)
+    assert cfg.time_step == pytest.approx(0.05) and cfg.optimizer._target_ == "torch.optim.SGD"
+    assert cfg.functional.entreg == pytest.approx(2 * 100 * 0.3081**2)
     assert cfg.source_labels == "pseudo" and cfg.pseudo_labels.k is None
 
 
