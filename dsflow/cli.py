@@ -150,7 +150,7 @@ def _interrupted_message(exc: BaseException) -> str:
     name = signal_name(getattr(exc, "signum", 2))
     stopped = next((j for j in reversed(JOBS) if j.status == "interrupted"), None)
     if stopped is None or not os.path.isfile(os.path.join(stopped.run_dir, "summary.json")):
-        return f"dsflow: interrupted by {name} during start-up; nothing was run"
+        return f"dsflow: interrupted by {name} during start-up, before any output was written"
     if stopped.steps_done:
         what = (f"after {stopped.steps_done} of {stopped.steps} steps; flowed.npz and summary.json "
                 f"(status: interrupted) in {stopped.run_dir}")
