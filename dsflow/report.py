@@ -242,7 +242,7 @@ def table1(runs: list[RunRecord]) -> str | None:
         if source is None:
             continue
         exp = r.choices.get("experiment") or r.summary.get("experiment")
-        if exp is not None and exp != "nist_to_mnist":
+        if exp is not None and not str(exp).startswith("nist_to_mnist"):  # also nist_to_mnist_test_splits
             continue
         mode = str(r.summary.get("source_labels", r.overrides.get("source_labels", "true"))).lower()
         row = "unsupervised" if mode == "pseudo" else "supervised"

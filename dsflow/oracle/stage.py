@@ -91,6 +91,20 @@ def _oracle_origin(corr) -> dict | None:
     return {c: "oracle " + ", ".join(v) for c, v in origin.items()}
 
 
+def _accuracy_history(monitor, result) -> dict:
+    """``{step, accuracy}`` through the whole flow.  After a resume the monitor has seen only
+    the resumed steps; the accuracies of the steps before the checkpoint are in the restored
+    history records (the monitor wrote them into each record), so they are put back in order."""
+    steps, accuracy = list(monitor.history["step"]), list(monitor.history["accuracy"])
+    resumed_from = getattr(result, "resumed_from", None)
+    if resumed_from is not None and steps:
+        earlier = [(int(r["step"]) + 1, float(r["accuracy"])) for r in result.history
+                   if r.get("accuracy") is not None and int(r["step"]) + 1 <= int(resumed_from)]
+        steps = steps[:1] + [s for s, _ in earlier] + steps[1:]
+        accuracy = accuracy[:1] + [a for _, a in earlier] + accuracy[1:]
+    return {"step": steps, "accuracy": accuracy}
+
+
 def oracle_stage(ctx) -> None:
     """The extension stage: see the module docstring."""
     import time
@@ -149,7 +163,7 @@ def oracle_stage(ctx) -> None:
             oracle_accuracy_after=ev.accuracy,
             accuracy_after=ev.accuracy,
             oracle_per_class_accuracy_after={str(k): v for k, v in ev.per_class_accuracy.items()},
-            oracle_accuracy_history={"step": monitor.history["step"], "accuracy": monitor.history["accuracy"]},
+            oracle_accuracy_history=_accuracy_history(monitor, getattr(ctx, "result", None)),
         )
         if corr_after is not None:
             ctx.summary["oracle_correspondence_after"] = corr_after.class_map()

@@ -170,3 +170,25 @@ def test_an_objective_that_ends_far_above_its_start_is_flagged(tmp_path):
     assert summary_of(tmp_path / "bad")["diverging"] is True
     good = run(compose_cfg(), run_dir=tmp_path / "good")
     assert good["diverging"] is False and "warnings" not in good
+
+
+def test_the_oracle_accuracy_history_spans_the_resume(tmp_path):
+    """After a resume the oracle monitor sees only the resumed steps; the summary's history
+    still covers the whole flow, from the accuracies the checkpointed records carry."""
+    demo = ["+experiment=default", "source.n_per_class=8", "target.n_per_class=8", "oracle.eval_every=1",
+            "pushforward.enabled=false", "holdout=0", "steps=6", "logger=none", "plot=false", "progress=false"]
+
+    def cfg(*more):
+        with initialize_config_module("dsflow.configs", version_base="1.3"):
+            return compose(config_name="config", overrides=[*demo, *more])
+
+    reference = run(cfg(), run_dir=tmp_path / "ref")
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg("flow.checkpoint_every=3"), run_dir=out, stages=interrupting_at(4))
+    s = run(cfg("flow.checkpoint_every=3", "flow.resume=true"), run_dir=out)
+    assert s["resumed_from"]["step"] == 3
+    history = s["oracle_accuracy_history"]
+    assert history["step"] == list(range(7))
+    # same machine, same seed: the same accuracies as the uninterrupted flow
+    assert history == reference["oracle_accuracy_history"]
