@@ -1,7 +1,8 @@
-"""Gaussian label model: class statistics and the Bures-Wasserstein distance.
+"""Gaussian label model: the Bures-Wasserstein distance between class Gaussians.
 
-Each class ``c`` is summarised by ``N(mu_c, Sigma_c)`` with ``Sigma_c = F_c F_c^T``.
-From samples, ``F_c = (X_c - mu_c)^T / sqrt(n_c - 1)`` (``d x n_c``), so the covariance is
+The class statistics themselves (`class_gaussians`, `GaussianStats`) are in
+`dsflow.ot.class_stats`.  Each class ``c`` is summarised by ``N(mu_c, Sigma_c)`` with
+``Sigma_c = F_c F_c^T``.  From samples, ``F_c = (X_c - mu_c)^T / sqrt(n_c - 1)`` (``d x n_c``), so the covariance is
 never formed.  The squared 2-Wasserstein (Bures) distance is
 
     W2^2 = ||mu_1 - mu_2||^2 + tr S_1 + tr S_2 - 2 tr((S_1^{1/2} S_2 S_1^{1/2})^{1/2})
@@ -27,10 +28,12 @@ singular covariances (constant pixels) by construction; ``||U V^T||_2 <= 1`` bou
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
+
+# class statistics live in `dsflow.ot.class_stats`; re-exported here, where they were first
+from dsflow.ot.class_stats import GaussianStats, class_gaussians, class_index
 
 __all__ = [
     "GaussianStats",
@@ -44,57 +47,6 @@ __all__ = [
     "choose_bures_method",
     "psd_sqrt_factor",
 ]
-
-
-@dataclass
-class GaussianStats:
-    """Per-class Gaussians ``N(means[j], factors[j] @ factors[j].mT)``.
-
-    ``factors`` is ``(k, d, r)``; classes with fewer than ``r`` columns are zero-padded
-    (zero columns do not change ``F F^T``).  ``classes`` holds the label values (CPU int64)
-    and ``counts`` the number of samples per class.
-    """
-
-    means: torch.Tensor
-    factors: torch.Tensor
-    classes: torch.Tensor
-    counts: torch.Tensor
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.means.shape[0])
-
-    def covariances(self) -> torch.Tensor:
-        """``(k, d, d)`` covariance matrices (forms ``d x d``: for tests and small ``d``)."""
-        return self.factors @ self.factors.mT
-
-    def detach(self) -> "GaussianStats":
-        return GaussianStats(self.means.detach(), self.factors.detach(), self.classes, self.counts)
-
-
-def class_index(y: torch.Tensor, classes=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(classes, index)``: sorted label values and, per sample, the row of its class.
-
-    With ``classes`` given, every label must be one of them (clear error otherwise).
-    """
-    y_cpu = y.detach().cpu()
-    if classes is None:
-        classes = torch.unique(y_cpu, sorted=True)
-    else:
-        classes = torch.as_tensor(classes, dtype=torch.long).cpu()
-        if classes.ndim != 1 or classes.numel() == 0:
-            raise ValueError("classes must be a non-empty 1-D sequence of label values")
-        if not bool((classes[1:] > classes[:-1]).all()):
-            classes = torch.unique(classes, sorted=True)
-    index = torch.searchsorted(classes, y_cpu).clamp_(max=classes.numel() - 1)
-    bad = classes[index] != y_cpu
-    if bool(bad.any()):
-        missing = torch.unique(y_cpu[bad]).tolist()
-        raise ValueError(
-            f"labels {missing[:10]} are not in classes {classes.tolist()[:20]}; "
-            "pass classes=None or include every label value"
-        )
-    return classes, index.to(y.device)
 
 
 class SingletonClassError(ValueError):
@@ -128,54 +80,6 @@ def check_class_sizes(data, role: str, fix: str = "allow_singletons=True") -> No
     single = classes[counts < 2].tolist()
     if single:
         raise SingletonClassError(role, data.name, single, [data.class_name(c) for c in single], fix)
-
-
-def class_gaussians(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    classes=None,
-    *,
-    allow_singletons: bool = False,
-) -> GaussianStats:
-    """Fit ``N(mu_c, Sigma_c)`` to every class of ``(x, y)`` (differentiable in ``x``).
-
-    Vectorised: one scatter for the means, one index-put for the centred factors
-    ``F_c = (X_c - mu_c)^T / sqrt(n_c - 1)`` (unbiased covariance).  A class with a single
-    sample has no covariance estimate: this raises unless ``allow_singletons=True``, in which
-    case its covariance is zero (a point mass).  Classes listed in ``classes`` but absent
-    from ``y`` raise as well.
-    """
-    if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"class_gaussians: need x (n, d) and y (n,), got {tuple(x.shape)}, {tuple(y.shape)}")
-    classes, idx = class_index(y, classes)
-    k = classes.numel()
-    counts = torch.bincount(idx.cpu(), minlength=k)
-    if bool((counts == 0).any()):
-        empty = classes[counts == 0].tolist()
-        raise ValueError(f"class_gaussians: classes {empty} have no samples")
-    if not allow_singletons and bool((counts < 2).any()):
-        single = classes[counts < 2].tolist()
-        raise ValueError(
-            f"class_gaussians: classes {single} have a single sample, so no covariance can be "
-            "estimated; drop them, use inner='means'/'exact', or pass allow_singletons=True "
-            "(zero covariance)"
-        )
-    n, d = x.shape
-    dev = x.device
-    counts_d = counts.to(device=dev, dtype=x.dtype)
-    sums = torch.zeros(k, d, dtype=x.dtype, device=dev).index_add(0, idx, x)
-    means = sums / counts_d[:, None]
-    # position of each sample inside its class (stable sort keeps sample order)
-    order = torch.argsort(idx, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.empty(n, dtype=torch.long)
-    pos[order.cpu()] = torch.arange(n) - starts[idx.cpu()[order.cpu()]]
-    pos = pos.to(dev)
-    scale = torch.rsqrt((counts_d - 1).clamp(min=1.0))
-    centred = (x - means[idx]) * scale[idx, None]
-    r = int(counts.max())
-    padded = torch.zeros(k, r, d, dtype=x.dtype, device=dev).index_put((idx, pos), centred)
-    return GaussianStats(means=means, factors=padded.mT, classes=classes, counts=counts)
 
 
 def psd_sqrt_factor(S: torch.Tensor) -> torch.Tensor:
