@@ -15,6 +15,12 @@ Source label representation (paper section 6.1):
   ``state.label_index[i]`` the row of particle ``i`` (per class or per particle); the
   Gaussian label model is required and gradients flow into means and factors.
 
+The problem (label model, outer cost, solver back-end) is built by
+`dsflow.ot.problem.make_problem`, as for `dsflow.otdd`: this class adds only the state's
+label representation, the caches and the warm starts.  The label model
+(`dsflow.ot.label_models`, ``self.labels``) fits the class statistics of both sides and
+returns the label-distance blocks; no ``inner`` branch lives here.
+
 Caches: target data, target Gaussians, the target-target label block and the target self
 Sinkhorn potential are computed once per (device, dtype); the last step's dual potentials
 warm-start the next solve (particles move little), which skips epsilon-scaling.
@@ -74,17 +80,18 @@ class OTDD(Functional):
         allow_singletons: bool = False,
         target: Any = None,
     ):
-        from dsflow.ot.labels import INNER_CHOICES
-        from dsflow.ot.outer import OUTER_CHOICES
+        from dsflow.ot.problem import make_problem
 
-        if inner not in INNER_CHOICES:
-            raise ValueError(f"OTDD: inner must be one of {INNER_CHOICES}, got {inner!r}")
-        if outer not in OUTER_CHOICES:
-            raise ValueError(f"OTDD: outer must be one of {OUTER_CHOICES}, got {outer!r}")
-        if entreg <= 0 and outer != "exact":
-            raise ValueError(f"OTDD: entreg must be > 0 for outer={outer!r}, got {entreg}")
-        if inner == "gaussian" and p != 2:
-            raise ValueError("OTDD: inner='gaussian' is the closed-form W2; use p=2 or inner='exact'")
+        # one validation and one problem for otdd() and this functional (`dsflow.ot.problem`)
+        self.problem = make_problem(
+            inner=inner, outer=outer, p=p, entreg=entreg, feature_weight=feature_weight, label_weight=label_weight,
+            scaling=scaling, tol=tol, max_iter=max_iter, overrelax=overrelax, solver=solver,
+            gaussian_method=gaussian_method, diagonal_cov=diagonal_cov, cov_ridge=cov_ridge,
+            exact_inner_solver=exact_inner_solver, inner_entreg=inner_entreg, allow_singletons=allow_singletons,
+            caller="OTDD",
+        )
+        #: the label model (`dsflow.ot.label_models`): fits class statistics, returns label distances
+        self.labels = self.problem.labels
         self.inner, self.outer, self.p, self.entreg = inner, outer, float(p), float(entreg)
         self.feature_weight, self.label_weight = float(feature_weight), float(label_weight)
         self.label_grad, self.warm_start = bool(label_grad), bool(warm_start)
@@ -93,10 +100,6 @@ class OTDD(Functional):
         self.exact_inner_solver, self.inner_entreg = exact_inner_solver, float(inner_entreg)
         self.overrelax = float(overrelax)
         self.allow_singletons = bool(allow_singletons)
-        if solver not in ("dsflow", "geomloss"):
-            raise ValueError(f"OTDD: solver must be 'dsflow' or 'geomloss', got {solver!r}")
-        if solver == "geomloss" and outer == "exact":
-            raise ValueError("OTDD: solver='geomloss' solves the entropic outer problem; use outer='sinkhorn' or 'sinkhorn_biased'")
         # dsflow: own solver (converges to `tol`, warm starts); geomloss: the reference solver
         # (fixed epsilon-scaling schedule, no warm start), for comparison with the paper's code
         self.solver = solver
@@ -112,11 +115,11 @@ class OTDD(Functional):
     # ------------------------------------------------------------------ setup
     @property
     def _debias(self) -> bool:
-        return self.outer == "sinkhorn"
+        return self.problem.debias
 
     @property
     def _uses_labels(self) -> bool:
-        return self.inner != "none" and self.label_weight != 0.0
+        return self.problem.uses_labels
 
     def bind(self, *, source=None, target=None) -> "OTDD":
         """Receive the fixed target dataset; target-side caches are rebuilt lazily.
@@ -146,7 +149,7 @@ class OTDD(Functional):
 
     @property
     def _checks_singletons(self) -> bool:
-        return self.inner == "gaussian" and self._uses_labels and not self.allow_singletons
+        return self.labels.checks_singletons and self._uses_labels
 
     def check(self, state) -> None:
         """Before step 0: with feature-driven labels and the Gaussian label model, a source
@@ -172,8 +175,7 @@ class OTDD(Functional):
 
         import torch
 
-        from dsflow.ot.gaussian import class_gaussians, class_index
-        from dsflow.ot.labels import gaussian_label_distances, means_label_distances, pad_by_class
+        from dsflow.ot.class_stats import class_index
 
         key = (str(device), dtype)
         if key in self._target_cache:
@@ -186,59 +188,32 @@ class OTDD(Functional):
         tc: dict = {"x": xt, "classes": ct, "idx": idx_t,
                     "log_b": torch.full((xt.shape[0],), -math.log(xt.shape[0]), dtype=dtype, device=device)}
         if self._uses_labels:
-            if self.inner in ("gaussian", "means"):
-                gt = class_gaussians(xt, self.target.y.to(device), ct,
-                                     allow_singletons=self.allow_singletons or self.inner == "means")
-                tc["stats"] = gt
-                if self._debias:
-                    if self.inner == "means":
-                        W = means_label_distances(gt.means, gt.means)
-                        tc["W_tt"] = W.masked_fill(torch.eye(W.shape[0], dtype=torch.bool, device=device), 0.0)
-                    else:
-                        tc["W_tt"] = gaussian_label_distances(gt, gt, method=self.gaussian_method, diagonal=self.diagonal_cov, ridge=self.cov_ridge, same=True)
-            else:
-                tc["padded"] = pad_by_class(xt, idx_t, ct.numel())
-                if self._debias:
-                    from dsflow.ot.labels import exact_label_distances
-
-                    X, w = tc["padded"]
-                    tc["W_tt"] = exact_label_distances(X, w, X, w, p=self.p, solver=self.exact_inner_solver, entreg=self.inner_entreg, same=True)
+            tc["stats"] = self.labels.fit(xt, idx_t, ct)
+            if self._debias:
+                tc["W_tt"] = self.labels.distances(tc["stats"], tc["stats"], same=True)
         if self._debias:
-            from dsflow.ot.outer import augmented_cost
-            from dsflow.ot.sinkhorn import self_potential
-
-            C_yy = augmented_cost(xt, idx_t, xt, idx_t, tc.get("W_tt"), p=self.p, feature_weight=self.feature_weight,
-                                  label_weight=self.label_weight if self._uses_labels else 0.0)
-            g, half, it = self_potential(C_yy[None], tc["log_b"][None], eps=self.entreg, scaling=self.scaling, tol=self.tol, max_iter=self.max_iter)
+            g, half, it = self.problem.target_self(xt, idx_t, tc.get("W_tt"), tc["log_b"])
             tc["self"] = (g, half)
             tc["self_iterations"] = it
-            del C_yy
         self._target_cache[key] = tc
         return tc
 
     # ------------------------------------------------------------------ label blocks
     def _source_blocks(self, state, tc):
         """``(idx_s, W_st, W_ss)`` for the state's label representation."""
-        import torch
-
-        from dsflow.ot.gaussian import class_gaussians, class_index
-        from dsflow.ot.labels import exact_label_distances, gaussian_label_distances, means_label_distances, pad_by_class
+        from dsflow.ot.class_stats import class_index
 
         joint = state.label_means is not None
         if not self._uses_labels:
             idx = state.label_index if joint else class_index(state.y)[1]
             return idx, None, None
         if joint:
-            if self.inner not in ("gaussian", "means"):
-                raise ValueError(
-                    f"OTDD: joint-driven dynamics move Gaussian label parameters; inner={self.inner!r} "
-                    "cannot use them (set inner='gaussian')"
-                )
-            if state.label_index is None:
-                raise ValueError("OTDD: state.label_means is set but state.label_index is None")
             means, factors, idx = state.label_means, state.label_factors, state.label_index
             if factors is None:
                 factors = means.new_zeros(means.shape[0], means.shape[1], 1)
+            s_stats = self.labels.from_parameters(means, factors)  # raises for models that cannot
+            if idx is None:
+                raise ValueError("OTDD: state.label_means is set but state.label_index is None")
             key = None
             if not (means.requires_grad or factors.requires_grad):
                 key = ("joint", (means, factors), (means._version, factors._version))
@@ -247,35 +222,11 @@ class OTDD(Functional):
             key = None if (self.label_grad and state.x.requires_grad) else ("fd", (state.x, state.y), (state.x._version, state.y._version))
         if key is not None and self._source_cache is not None and _same_source_key(self._source_cache[0], key):
             return self._source_cache[1]
-        dev = state.x.device
-        if joint:
-            s_stats = (means, factors)
-        else:
+        if not joint:
             cs, idx = class_index(state.y)
-            if self.inner == "exact":
-                padded = pad_by_class(x, idx, cs.numel())
-            else:
-                g = class_gaussians(x, state.y, cs, allow_singletons=self.allow_singletons or self.inner == "means")
-                s_stats = (g.means, g.factors)
-        gt = tc.get("stats")
-        eye = None
-        if self.inner == "means":
-            W_st = means_label_distances(s_stats[0], gt.means)
-            W_ss = means_label_distances(s_stats[0], s_stats[0]) if self._debias else None
-            if W_ss is not None:
-                eye = torch.eye(W_ss.shape[0], dtype=torch.bool, device=dev)
-                W_ss = W_ss.masked_fill(eye, 0.0)
-        elif self.inner == "gaussian":
-            kw = dict(method=self.gaussian_method, diagonal=self.diagonal_cov, ridge=self.cov_ridge)
-            W_st = gaussian_label_distances(s_stats, (gt.means, gt.factors), **kw)
-            W_ss = gaussian_label_distances(s_stats, s_stats, same=True, **kw) if self._debias else None
-        else:
-            Xt, wt = tc["padded"]
-            Xs, ws = padded
-            kw = dict(p=self.p, solver=self.exact_inner_solver, entreg=self.inner_entreg)
-            W_st = exact_label_distances(Xs, ws, Xt, wt, **kw)
-            W_ss = exact_label_distances(Xs, ws, Xs, ws, same=True, **kw) if self._debias else None
-        out = (idx, W_st, W_ss)
+            s_stats = self.labels.fit(x, idx, cs)
+        W = self.problem.label_blocks(s_stats, tc["stats"], ("st", "ss") if self._debias else ("st",))
+        out = (idx, W["st"], W["ss"])
         if key is not None:
             self._source_cache = (key, out)
         return out
@@ -284,32 +235,14 @@ class OTDD(Functional):
     def __call__(self, state):
         import time
 
-        from dsflow.ot.outer import augmented_ot
-
         t0 = time.perf_counter()
         x = state.x
         tc = self._target(x.device, x.dtype)
         idx_s, W_st, W_ss = self._source_blocks(state, tc)
         t1 = time.perf_counter()
-        if self.solver == "geomloss":
-            from dsflow.ot.geomloss_backend import geomloss_augmented_ot
-
-            uses_labels = self._uses_labels
-            value = geomloss_augmented_ot(
-                x, idx_s, tc["x"], tc["idx"], W_st if uses_labels else None, W_ss, tc.get("W_tt"),
-                p=self.p, entreg=self.entreg, feature_weight=self.feature_weight,
-                label_weight=self.label_weight if uses_labels else 0.0, debias=self._debias, scaling=self.scaling,
-            )
-            self.last_info = dict(solver="geomloss", time_labels=t1 - t0, time_outer=time.perf_counter() - t1, warm=False)
-            return value
-        init = self._warm_start_for(x) if self.warm_start else None
-        res = augmented_ot(
-            x, idx_s, tc["x"], tc["idx"], W_st, W_ss, tc.get("W_tt"),
-            outer=self.outer, p=self.p, entreg=self.entreg,
-            feature_weight=self.feature_weight, label_weight=self.label_weight if self._uses_labels else 0.0,
-            scaling=self.scaling, tol=self.tol, max_iter=self.max_iter, init=init,
-            target_self=tc.get("self"), overrelax=self.overrelax,
-        )
+        init = self._warm_start_for(x) if (self.warm_start and self.problem.backend == "dsflow") else None
+        res = self.problem.solve(x, idx_s, tc["x"], tc["idx"], W_st, W_ss, tc.get("W_tt"), init=init,
+                                 target_self=tc.get("self"))
         if self.warm_start and res.potentials is not None:
             # NaN potentials (non-finite costs) must not poison the next solve
             self._warm = None if res.potentials.info.get("non_finite_cost") else res.potentials

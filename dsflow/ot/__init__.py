@@ -1,27 +1,22 @@
-"""OTDD engine: costs, Gaussian/Bures label model, label distances, Sinkhorn, outer OT, `otdd`.
+"""OTDD engine: class statistics, label models, costs, Bures, Sinkhorn, outer OT, the problem, `otdd`.
 
 Importing this package imports torch (it is only imported lazily by ``dsflow``).
 """
 
+from dsflow.ot.class_stats import GaussianStats, class_gaussians, class_index
 from dsflow.ot.costs import ground_cost, sqdist
-from dsflow.ot.gaussian import (
-    GaussianStats,
-    bures_w2,
-    bures_w2_factors,
-    choose_bures_method,
-    class_gaussians,
-    class_index,
-    cross_nuclear,
-    diagonal_bures_w2,
-)
-from dsflow.ot.labels import LabelDistances, gaussian_label_distances, label_distances
+from dsflow.ot.gaussian import bures_w2, bures_w2_factors, choose_bures_method, cross_nuclear, diagonal_bures_w2
+from dsflow.ot.label_models import LabelDistances, LabelModel, label_distances, make_label_model
+from dsflow.ot.labels import gaussian_label_distances
 from dsflow.ot.otdd import OTDDResult, otdd
 from dsflow.ot.outer import OuterResult, augmented_cost, augmented_ot
+from dsflow.ot.problem import OTDDProblem, make_problem
 from dsflow.ot.sinkhorn import SinkhornPotentials, log_sinkhorn, sinkhorn_potentials, sinkhorn_value
 
 __all__ = [
-    "GaussianStats", "LabelDistances", "OTDDResult", "OuterResult", "SinkhornPotentials",
-    "augmented_cost", "augmented_ot", "bures_w2", "bures_w2_factors", "choose_bures_method",
-    "class_gaussians", "class_index", "cross_nuclear", "diagonal_bures_w2", "gaussian_label_distances",
-    "ground_cost", "label_distances", "log_sinkhorn", "otdd", "sinkhorn_potentials", "sinkhorn_value", "sqdist",
+    "GaussianStats", "LabelDistances", "LabelModel", "OTDDProblem", "OTDDResult", "OuterResult",
+    "SinkhornPotentials", "augmented_cost", "augmented_ot", "bures_w2", "bures_w2_factors",
+    "choose_bures_method", "class_gaussians", "class_index", "cross_nuclear", "diagonal_bures_w2",
+    "gaussian_label_distances", "ground_cost", "label_distances", "log_sinkhorn", "make_label_model",
+    "make_problem", "otdd", "sinkhorn_potentials", "sinkhorn_value", "sqdist",
 ]

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dsflow.ot.gaussian import class_index
-from dsflow.ot.labels import INNER_CHOICES, label_distances
-from dsflow.ot.outer import OUTER_CHOICES, augmented_ot
+from dsflow.ot.class_stats import class_index
+from dsflow.ot.label_models import INNER_CHOICES
+from dsflow.ot.problem import make_problem
 
 __all__ = ["OTDDResult", "otdd"]
 
@@ -131,73 +131,44 @@ def otdd(
         For ``inner="exact"``: ``"emd"`` (POT per class pair) or ``"sinkhorn"`` (batched,
         debiased, at ``inner_entreg``).
     """
-    if inner not in INNER_CHOICES:
-        raise ValueError(f"inner must be one of {INNER_CHOICES}, got {inner!r}")
-    if outer not in OUTER_CHOICES:
-        raise ValueError(f"outer must be one of {OUTER_CHOICES}, got {outer!r}")
-    if p <= 0:
-        raise ValueError(f"p must be > 0, got {p}")
     src = _as_data(source, "source")
     tgt = _as_data(target, "target")
     if src.d != tgt.d:
         raise ValueError(f"otdd: source has {src.d} features but target has {tgt.d}; they must live in the same space")
     if tol is None:
         tol = _default_tol(src.x, tgt.x, return_coupling)
+    use_labels = inner != "none" and label_weight != 0.0
+    need_labels = use_labels or return_label_distances
+    # a label model that no block asks for is not built (nor are its options checked)
+    problem = make_problem(
+        inner=inner if (need_labels or inner not in INNER_CHOICES) else "none", outer=outer, p=p, entreg=entreg,
+        feature_weight=feature_weight, label_weight=label_weight, scaling=scaling, tol=tol, max_iter=max_iter,
+        overrelax=overrelax, solver=solver, gaussian_method=gaussian_method, diagonal_cov=diagonal_cov,
+        cov_ridge=cov_ridge, exact_inner_solver=exact_inner_solver, inner_entreg=inner_entreg,
+        allow_singletons=allow_singletons, return_coupling=return_coupling,
+    )
     xs, ys = src.x, src.y
     xt = tgt.x.to(device=xs.device, dtype=xs.dtype)
     yt = tgt.y.to(xs.device)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    need_blocks = ("st", "ss", "tt") if outer == "sinkhorn" else ("st",)
-    use_labels = inner != "none" and label_weight != 0.0
-    if inner == "gaussian" and (use_labels or return_label_distances) and not allow_singletons:
+    if problem.labels.checks_singletons and need_labels:
         from dsflow.ot.gaussian import check_class_sizes
 
         check_class_sizes(src, "source", fix="otdd(..., allow_singletons=True)")
         check_class_sizes(tgt, "target", fix="otdd(..., allow_singletons=True)")
-    if use_labels or return_label_distances:
-        LD = label_distances(
-            xs, ys, xt, yt, inner=inner, p=p, blocks=need_blocks if use_labels else ("st",),
-            ws=source_weights, wt=target_weights,
-            gaussian_method=gaussian_method, diagonal=diagonal_cov, ridge=cov_ridge,
-            exact_solver=exact_inner_solver, inner_entreg=inner_entreg, allow_singletons=allow_singletons,
-        )
-        cs, ct = LD.source_classes, LD.target_classes
-    else:
-        LD = None
-        cs, ct = class_index(ys)[0], class_index(yt)[0]
+    cs, idx_s = class_index(ys)
+    ct, idx_t = class_index(yt)
+    W = {"st": None, "ss": None, "tt": None}
+    if need_labels:
+        model = problem.labels
+        W = problem.label_blocks(model.fit(xs, idx_s, cs, source_weights), model.fit(xt, idx_t, ct, target_weights),
+                                 problem.blocks if use_labels else ("st",))
     timings["label_distances"] = time.perf_counter() - t0
-    _, idx_s = class_index(ys, cs)
-    _, idx_t = class_index(yt, ct)
     t1 = time.perf_counter()
-    if solver not in ("dsflow", "geomloss"):
-        raise ValueError(f"otdd: solver must be 'dsflow' or 'geomloss', got {solver!r}")
-    if solver == "geomloss":
-        if outer == "exact" or return_coupling:
-            raise ValueError("otdd: solver='geomloss' gives the entropic value only: use outer='sinkhorn' or "
-                             "'sinkhorn_biased' and return_coupling=False")
-        from dsflow.ot.geomloss_backend import geomloss_augmented_ot
-        from dsflow.ot.outer import OuterResult
-
-        value = geomloss_augmented_ot(
-            xs, idx_s, xt, idx_t,
-            LD.st if (use_labels and LD is not None) else None,
-            LD.ss if (use_labels and LD is not None) else None,
-            LD.tt if (use_labels and LD is not None) else None,
-            a=source_weights, b=target_weights, p=p, entreg=entreg, feature_weight=feature_weight,
-            label_weight=label_weight if use_labels else 0.0, debias=outer == "sinkhorn", scaling=scaling,
-        )
-        res = OuterResult(value=value)
-    else:
-        res = augmented_ot(
-            xs, idx_s, xt, idx_t,
-            LD.st if (use_labels and LD is not None) else None,
-            LD.ss if (use_labels and LD is not None) else None,
-            LD.tt if (use_labels and LD is not None) else None,
-            a=source_weights, b=target_weights, outer=outer, p=p, entreg=entreg,
-            feature_weight=feature_weight, label_weight=label_weight if use_labels else 0.0,
-            scaling=scaling, tol=tol, max_iter=max_iter, return_coupling=return_coupling, overrelax=overrelax,
-        )
+    blocks = (W["st"], W["ss"], W["tt"]) if use_labels else (None, None, None)
+    res = problem.solve(xs, idx_s, xt, idx_t, *blocks, a=source_weights, b=target_weights,
+                        return_coupling=return_coupling)
     res.info["tol"] = tol
     timings["outer"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
@@ -207,6 +178,6 @@ def otdd(
                      timings=timings, info=res.info, source_classes=cs, target_classes=ct,
                      source_names=[src.class_name(int(c)) for c in cs],
                      target_names=[tgt.class_name(int(c)) for c in ct])
-    if return_label_distances and LD is not None:
-        out.label_distances = LD.st
+    if return_label_distances:
+        out.label_distances = W["st"]
     return out

@@ -441,3 +441,15 @@ def self_potential(
         g, it, _ = _solve_self(C, log_w, sched, tol, max_iter, None)
         half = _wsum(log_w, softmin(eps, C, log_w + g / eps))
     return g, half, it
+
+
+def self_transport_values(C, w, eps, scaling, tol, max_iter):
+    """``OT_eps(w_i, w_i; C_i)`` for a batch of symmetric problems (padded classes: ``w = 0``).
+
+    Differentiable in ``C``: ``OT(w, w) = 2 <w, f>`` and d OT / d C is the plan, so the
+    doubled value carries half gradients (`_half_grad`, kept private to this module).
+    """
+    lw = w.log()
+    pot = sinkhorn_potentials(C, lw, lw, eps=eps, C_xx=C, scaling=scaling, tol=tol, max_iter=max_iter)
+    f = _half_grad(softmin(eps, C, lw + pot.f_self / eps))
+    return 2.0 * (w * torch.where(w > 0, f, torch.zeros_like(f))).sum(-1)
