@@ -57,18 +57,16 @@ def class_gaussian_factors(x, y, *, rank: int | None = None, ridge: float = 1e-6
         raise ValueError(f"rank must be between 1 and d={d}, got {rank}")
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
-    classes, index = torch.unique(y, sorted=True, return_inverse=True)
-    k = classes.numel()
+    from dsflow.ot.class_stats import class_counts, class_covariances, class_index, class_means
+
+    classes, index = class_index(y)
+    classes, k = classes.to(y.device), classes.numel()
     xd = x.detach()
-    counts = torch.bincount(index, minlength=k).to(xd.dtype)
-    means = torch.zeros(k, d, dtype=xd.dtype, device=xd.device).index_add_(0, index, xd) / counts[:, None]
+    means = class_means(xd, index, class_counts(index, k))
     factors = torch.empty(k, d, r, dtype=xd.dtype, device=xd.device)
     eye = torch.eye(d, dtype=torch.float64, device=xd.device)
     # One eigendecomposition per class (k is small; a loop over classes, not samples).
-    for j in range(k):
-        centred = (xd[index == j] - means[j]).double()
-        m = centred.shape[0]
-        cov = centred.T @ centred / max(m - 1, 1)
+    for j, cov in class_covariances(xd, index, means, ddof=1):
         evals, evecs = torch.linalg.eigh(cov + ridge * eye)
         top = slice(d - r, d)
         factors[j] = (evecs[:, top] * evals[top].clamp_min(0).sqrt()).to(xd.dtype)

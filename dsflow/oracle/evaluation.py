@@ -59,15 +59,10 @@ def confusion_matrix(y_true, y_pred, true_classes=None, pred_classes=None):
 
 
 def _positions(classes, values, what):
-    if classes.numel() == 0:
-        if values.numel():
-            raise ValueError(f"{what}: no classes given")
-        return values
-    idx = torch.searchsorted(classes, values).clamp(max=classes.numel() - 1)
-    bad = classes[idx] != values
-    if bool(bad.any()):
-        raise ValueError(f"{what}: labels {torch.unique(values[bad]).tolist()[:10]} not in classes {classes.tolist()}")
-    return idx
+    """Row of every label in the sorted ``classes`` (`dsflow.ot.class_stats.class_index`)."""
+    from dsflow.ot.class_stats import class_index
+
+    return class_index(values, classes, what=what, fix="evaluate against classes that include every label value")[1]
 
 
 @dataclass

@@ -51,43 +51,35 @@ def kmeans_pseudo_labels(x, k: int, *, seed: int = 0, n_init: int = 10, max_iter
 
 
 # ---------------------------------------------------------------------------- label-to-label costs
-def _class_stats(x, y, classes):
-    """Means ``(k, d)`` and biased covariances ``(k, d, d)`` (float64), one per class."""
-    x = torch.as_tensor(x).detach().cpu().double()
-    y = torch.as_tensor(y).detach().cpu().long()
-    idx = torch.searchsorted(classes, y)
-    k, d = classes.numel(), x.shape[1]
-    counts = torch.bincount(idx, minlength=k).double()
-    if bool((counts == 0).any()):
-        raise ValueError("every class needs at least one sample")
-    means = torch.zeros(k, d, dtype=torch.float64).index_add_(0, idx, x) / counts[:, None]
-    centred = x - means[idx]
-    covs = torch.empty(k, d, d, dtype=torch.float64)
-    for j in range(k):  # one (d x d) product per class; an (n, d, d) outer product would not fit
-        cj = centred[idx == j]
-        covs[j] = cj.T @ cj / counts[j]
-    return means, covs
+def _alignment_model(cost: str):
+    """The label model (`dsflow.ot.label_models`) of the alignment cost ``cost``.
+
+    The Gaussian one keeps the alignment's biased covariances (``ddof=0``) and accepts
+    clusters of one sample (a point mass); the costs are computed in float64 on the CPU."""
+    from dsflow.ot.label_models import GaussianLabels, MeansLabels
+
+    return {"means": MeansLabels, "gaussian": lambda: GaussianLabels(allow_singletons=True, ddof=0)}[cost]()
 
 
-def _sqrtm_psd(S):
-    vals, vecs = torch.linalg.eigh(S)
-    return (vecs * vals.clamp_min(0).sqrt()[..., None, :]) @ vecs.mT
+def _model_costs(cost: str, x_source, y_source, x_target, y_target, target_classes=None):
+    """``k x k'`` label distances of the label model ``cost`` between two labeled samples."""
+    from dsflow.ot.class_stats import class_index
+
+    model = _alignment_model(cost)
+    stats = []
+    for x, y, classes, what in ((x_source, y_source, None, "source"), (x_target, y_target, target_classes, "target")):
+        x = torch.as_tensor(x).detach().cpu().double()
+        cl, idx = class_index(torch.as_tensor(y).detach().cpu().long(), classes, what=f"{what} labels")
+        stats.append(model.fit(x, idx, cl))
+    return model.distances(*stats)
 
 
 def gaussian_w2_costs(x_source, y_source, x_target, y_target):
-    """Squared 2-Wasserstein (Bures) distances between class-conditional Gaussians (k x k')."""
-    sc, tc = torch.unique(torch.as_tensor(y_source).cpu()), torch.unique(torch.as_tensor(y_target).cpu())
-    m1, S1 = _class_stats(x_source, y_source, sc)
-    m2, S2 = _class_stats(x_target, y_target, tc)
-    if m1.shape[1] ** 2 * len(sc) * len(tc) > 100_000_000:
-        raise ValueError("gaussian_w2_costs: too many classes x dimensions for exact Bures; use cost='means' or 'otdd'")
-    R1 = _sqrtm_psd(S1)  # (k, d, d)
-    cross = R1[:, None] @ S2[None] @ R1[:, None]  # (k, k', d, d)
-    tr_cross = torch.linalg.eigvalsh(cross).clamp_min(0).sqrt().sum(-1)
-    tr1 = torch.diagonal(S1, dim1=-2, dim2=-1).sum(-1)
-    tr2 = torch.diagonal(S2, dim1=-2, dim2=-1).sum(-1)
-    mean_term = torch.cdist(m1, m2) ** 2
-    return (mean_term + tr1[:, None] + tr2[None, :] - 2 * tr_cross).clamp_min(0)
+    """Squared 2-Wasserstein (Bures) distances between class-conditional Gaussians (k x k').
+
+    Biased (maximum-likelihood) covariances; the Bures distance of the Gaussian label model
+    (factor route: never forms a ``d x d`` matrix per class pair)."""
+    return _model_costs("gaussian", x_source, y_source, x_target, y_target)
 
 
 def label_costs(x_source, y_source, target: LabeledData, cost="means", **otdd_options):
@@ -104,25 +96,14 @@ def label_costs(x_source, y_source, target: LabeledData, cost="means", **otdd_op
         if tuple(W.shape) != (sc.numel(), target.num_classes):
             raise ValueError(f"cost matrix must be {sc.numel()} x {target.num_classes}, got {tuple(W.shape)}")
         return W
-    if cost == "means":
-        m1, _ = _class_stats_means(x_source, y_source, sc)
-        m2, _ = _class_stats_means(target.x, target.y, target.classes)
-        return torch.cdist(m1, m2) ** 2
-    if cost == "gaussian":
-        return gaussian_w2_costs(x_source, y_source, target.x, target.y)
+    if cost in ("means", "gaussian"):
+        return _model_costs(cost, x_source, y_source, target.x, target.y, target.classes)
     if cost == "otdd":
         from dsflow.oracle.correspondence import otdd_label_distances
 
         src = LabeledData(x=torch.as_tensor(x_source).detach().cpu().float(), y=y_source, name="pseudo-labelled")
         return otdd_label_distances(src, target.detach().to("cpu"), **otdd_options)
     raise ValueError(f"unknown cost {cost!r}; use 'means', 'gaussian', 'otdd' or a k x k' matrix")
-
-
-def _class_stats_means(x, y, classes):
-    x = torch.as_tensor(x).detach().cpu().double()
-    idx = torch.searchsorted(classes, torch.as_tensor(y).cpu().long())
-    counts = torch.bincount(idx, minlength=classes.numel()).double()
-    return torch.zeros(classes.numel(), x.shape[1], dtype=torch.float64).index_add_(0, idx, x) / counts[:, None], counts
 
 
 # ---------------------------------------------------------------------------- alignment
@@ -173,15 +154,16 @@ def align_clusters(x, clusters, target: LabeledData, *, method: str = "hungarian
     class with `label_costs` (``cost``), then `assign` (``method``) picks a target class
     per cluster.  Returns the mapping and the relabelled pseudo-labels.
     """
+    from dsflow.ot.class_stats import class_counts, class_index
+
     clusters = torch.as_tensor(clusters).detach().cpu().long()
-    cl = torch.unique(clusters)
+    cl, rows = class_index(clusters, what="clusters")
     C = label_costs(x, clusters, target, cost, **otdd_options)
-    counts = torch.bincount(torch.searchsorted(cl, clusters), minlength=cl.numel()).double()
+    counts = class_counts(rows, cl.numel()).double()
     col = assign(C, method=method, row_weights=counts.numpy(), col_weights=target.class_counts().double().numpy())
     tc = target.classes
     mapping = {int(c): int(tc[j]) for c, j in zip(cl.tolist(), col.tolist())}
-    lookup = tc[col]
-    labels = lookup[torch.searchsorted(cl, clusters)]
+    labels = tc[col][rows]
     return ClusterAlignment(mapping=mapping, labels=labels, cost=C, method=f"{method}/{cost if isinstance(cost, str) else 'matrix'}")
 
 

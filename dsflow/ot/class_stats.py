@@ -149,11 +149,12 @@ class GaussianStats:
 
 
 def gaussians_by_index(x: torch.Tensor, idx: torch.Tensor, classes: torch.Tensor, *,
-                       allow_singletons: bool = False) -> GaussianStats:
+                       allow_singletons: bool = False, ddof: int = 1) -> GaussianStats:
     """`class_gaussians` for samples already looked up (``idx`` rows of ``classes``).
 
     Vectorised: one scatter for the means, one index-put for the centred factors
-    ``F_c = (X_c - mu_c)^T / sqrt(n_c - 1)`` (unbiased covariance).
+    ``F_c = (X_c - mu_c)^T / sqrt(n_c - ddof)`` (``ddof=1``: unbiased covariance, the OTDD's;
+    ``ddof=0``: the biased one the pseudo-label alignment has always used).
     """
     k = classes.numel()
     counts = class_counts(idx, k)
@@ -171,7 +172,7 @@ def gaussians_by_index(x: torch.Tensor, idx: torch.Tensor, classes: torch.Tensor
     means = class_means(x, idx, counts)
     pos = positions_in_class(idx, counts)
     counts_d = counts.to(device=x.device, dtype=x.dtype)
-    scale = torch.rsqrt((counts_d - 1).clamp(min=1.0))
+    scale = torch.rsqrt((counts_d - ddof).clamp(min=1.0))
     centred = (x - means[idx]) * scale[idx, None]
     r = int(counts.max())
     padded = torch.zeros(k, r, d, dtype=x.dtype, device=x.device).index_put((idx, pos), centred)

@@ -104,22 +104,22 @@ class GaussianLabels(LabelModel):
     """``inner="gaussian"``: Bures W2^2 between class Gaussians (`dsflow.ot.gaussian`).
 
     ``method`` (``auto``/``lowrank``/``full``), ``diagonal`` covariances, ``ridge``
-    shrinkage; ``allow_singletons`` treats a class of one sample as a point mass.  Sample
-    weights do not enter the fit (unweighted class Gaussians)."""
+    shrinkage; ``allow_singletons`` treats a class of one sample as a point mass; ``ddof``
+    1 (unbiased covariances) or 0 (biased).  Sample weights do not enter the fit."""
 
     name = "gaussian"
 
     def __init__(self, *, method: str = "auto", diagonal: bool = False, ridge: float = 0.0,
-                 allow_singletons: bool = False):
+                 allow_singletons: bool = False, ddof: int = 1):
         self.method, self.diagonal, self.ridge = method, bool(diagonal), float(ridge)
-        self.allow_singletons = bool(allow_singletons)
+        self.allow_singletons, self.ddof = bool(allow_singletons), int(ddof)
 
     @property
     def checks_singletons(self) -> bool:
         return not self.allow_singletons
 
     def fit(self, x, idx, classes, weights=None) -> GaussianStats:
-        return gaussians_by_index(x, idx, classes, allow_singletons=self.allow_singletons)
+        return gaussians_by_index(x, idx, classes, allow_singletons=self.allow_singletons, ddof=self.ddof)
 
     def from_parameters(self, means, factors):
         return (means, factors)

@@ -135,19 +135,16 @@ def make_problem(
     max_iter: int = 2000,
     overrelax: float = 1.8,
     solver: str = "dsflow",
-    gaussian_method: str = "auto",
-    diagonal_cov: bool = False,
-    cov_ridge: float = 0.0,
-    exact_inner_solver: str = "emd",
-    inner_entreg: float = 0.1,
-    allow_singletons: bool = False,
     return_coupling: bool = False,
     caller: str = "otdd",
+    **label_options,
 ) -> OTDDProblem:
-    """Validate the options once and build the problem; ``caller`` prefixes the errors."""
-    labels = make_label_model(inner, p=p, gaussian_method=gaussian_method, diagonal_cov=diagonal_cov,
-                              cov_ridge=cov_ridge, exact_inner_solver=exact_inner_solver,
-                              inner_entreg=inner_entreg, allow_singletons=allow_singletons, caller=caller)
+    """Validate the options once and build the problem; ``caller`` prefixes the errors.
+
+    ``label_options`` are the label model's (`make_label_model`: ``gaussian_method``,
+    ``diagonal_cov``, ``cov_ridge``, ``exact_inner_solver``, ``inner_entreg``,
+    ``allow_singletons``)."""
+    labels = make_label_model(inner, p=p, caller=caller, **label_options)
     if outer not in OUTER_CHOICES:
         raise ValueError(f"{caller}: outer must be one of {OUTER_CHOICES}, got {outer!r}")
     if p <= 0:

@@ -108,31 +108,6 @@ def test_diagonal_covariances_closed_form():
     np.testing.assert_allclose(W[0, 1], _scipy_bures(m1[0].numpy(), D1[0], m2[1].numpy(), D2[1]), rtol=1e-8)
 
 
-def test_class_gaussians_match_numpy_and_noncontiguous_labels():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(40, 3, dtype=torch.float64, generator=g)
-    y = torch.tensor([7, 3, 11, 3] * 10)
-    st = class_gaussians(x, y)
-    assert st.classes.tolist() == [3, 7, 11]
-    assert st.counts.tolist() == [20, 10, 10]
-    for row, c in enumerate([3, 7, 11]):
-        xc = x[y == c].numpy()
-        np.testing.assert_allclose(st.means[row].numpy(), xc.mean(0), rtol=1e-12)
-        np.testing.assert_allclose(st.covariances()[row].numpy(), np.cov(xc.T), rtol=1e-10, atol=1e-12)
-
-
-def test_singleton_class_raises_clearly_or_falls_back():
-    x = torch.randn(5, 2)
-    y = torch.tensor([0, 0, 1, 1, 2])
-    with pytest.raises(ValueError, match="single sample"):
-        class_gaussians(x, y)
-    st = class_gaussians(x, y, allow_singletons=True)
-    # exact: a singleton's factor is zero padding (written, not computed)
-    assert float(st.covariances()[2].abs().max()) == 0.0
-    with pytest.raises(ValueError, match="not in classes"):
-        class_gaussians(x, y, classes=[0, 1])
-
-
 def test_finite_gradients_on_singular_digit_covariances():
     datasets = pytest.importorskip("sklearn.datasets")
     X, y = datasets.load_digits(return_X_y=True)
