@@ -165,14 +165,50 @@ def select_indices(
             f"{loader}: n_per_class={n_per_class} is larger than some classes "
             f"(label: available samples) {too_small}; lower n_per_class or use `classes` to drop them"
         )
-    # Stratified draw without a loop over classes: shuffle, stable-sort by label, keep the
-    # first n_per_class of each label block (rank within block < n_per_class).
-    shuffled = keep[rng.permutation(keep.shape[0])]
+    # Stratified draw: the first n_per_class of each class in a random order.
+    order, rank = ranks_in_class(labels, keep[rng.permutation(keep.shape[0])])
+    return np.sort(order[rank < n_per_class])
+
+
+# ---------------------------------------------------------------------------- stratified splits
+def ranks_in_class(labels: np.ndarray, shuffled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, rank)``: the indices ``shuffled`` grouped by class and each one's rank in its class.
+
+    ``order`` lists ``shuffled`` stably sorted by label (classes ascending, the order of
+    ``shuffled`` inside each class); ``rank[i]`` is the position of ``order[i]`` inside its
+    class.  Every stratified draw is then ``order[rank < quota of its class]``: one sort, no
+    loop over classes.  The one home of the stratified splits below and of the loaders'.
+    """
     order = shuffled[np.argsort(labels[shuffled], kind="stable")]
     sorted_labels = labels[order]
-    block_start = np.searchsorted(sorted_labels, sorted_labels, side="left")
-    rank = np.arange(order.shape[0]) - block_start
-    return np.sort(order[rank < n_per_class])
+    rank = np.arange(order.shape[0]) - np.searchsorted(sorted_labels, sorted_labels, side="left")
+    return order, rank
+
+
+def stratified_split(y, test_fraction: float, seed: int = 0):
+    """Deterministic stratified split: ``(train_index, test_index)`` (sorted int64 tensors).
+
+    Each class contributes ``round(test_fraction * count)`` samples to the test part
+    (at least one when the class has two or more samples and ``test_fraction > 0``, never
+    all of a class).  The draw depends only on ``seed`` and the labels.
+    """
+    import torch
+
+    if not 0.0 <= float(test_fraction) < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    y = torch.as_tensor(y).detach().cpu().long()
+    n = y.numel()
+    if test_fraction == 0 or n == 0:
+        return torch.arange(n), torch.arange(0)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    labels = y.numpy()
+    order, rank = ranks_in_class(labels, perm.numpy())
+    _, counts = np.unique(labels, return_counts=True)
+    n_test = np.round(counts.astype(np.float64) * float(test_fraction)).astype(np.int64)
+    n_test = np.where((n_test == 0) & (counts >= 2), 1, n_test)
+    n_test = np.clip(np.minimum(n_test, counts - 1), 0, None)
+    is_test = rank < np.repeat(n_test, counts)
+    return torch.from_numpy(np.sort(order[~is_test])), torch.from_numpy(np.sort(order[is_test]))
 
 
 # ---------------------------------------------------------------------------- decoding

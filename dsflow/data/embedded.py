@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from dsflow.data.common import finish_vectors, images_to_labeled_data, select_indices, to_plain
+from dsflow.data.common import finish_vectors, images_to_labeled_data, ranks_in_class, select_indices, to_plain
 
 
 #: The embedded digits have no official train/test split; this fixed, stratified one (half of
@@ -26,14 +26,10 @@ def digits_split_indices(labels: np.ndarray, split: str) -> np.ndarray:
     if split == "all":
         return np.arange(labels.shape[0])
     keys = np.random.default_rng(_DIGITS_SPLIT_SEED).random(labels.shape[0])
-    order = np.lexsort((keys, labels))  # grouped by class, random order inside each class
-    rank = np.empty_like(order)
-    sorted_labels = labels[order]
-    first = np.searchsorted(sorted_labels, sorted_labels, side="left")
-    rank[order] = np.arange(labels.shape[0]) - first  # position inside its class
-    counts = np.bincount(labels)
-    in_test = rank < counts[labels] // 2
-    return np.flatnonzero(in_test if split == "test" else ~in_test)
+    # grouped by class, in the order of the random keys inside each class
+    order, rank = ranks_in_class(labels, np.argsort(keys, kind="stable"))
+    in_test = rank < (np.bincount(labels) // 2)[labels[order]]
+    return np.sort(order[in_test if split == "test" else ~in_test])
 
 
 def digits(

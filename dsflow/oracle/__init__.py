@@ -20,7 +20,7 @@ _LAZY = {
     "save_oracle": "training",
     "fit_classifier": "training",
     "load_training_data": "training",
-    "stratified_split": "training",
+    "stratified_split": "training",  # defined in dsflow.data.common
     "default_cache_dir": "training",
     "oracle_cache_key": "training",
     # evaluation

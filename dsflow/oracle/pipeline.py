@@ -61,7 +61,7 @@ def holdout_split(y, holdout, seed: int = 0):
     """
     import torch
 
-    from dsflow.oracle.training import stratified_split
+    from dsflow.data.common import stratified_split
 
     y = torch.as_tensor(y).detach().cpu().long()
     n = int(y.numel())

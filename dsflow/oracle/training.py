@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import torch
 
-from dsflow.data.common import to_plain
+from dsflow.data.common import stratified_split, to_plain  # noqa: F401 (stratified_split: re-exported)
 from dsflow.data.container import LabeledData
 from dsflow.oracle.networks import Oracle, make_oracle
 
@@ -53,35 +53,6 @@ def resolve_device(device=None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-# ---------------------------------------------------------------------------- splits
-def stratified_split(y, test_fraction: float, seed: int = 0):
-    """Deterministic stratified split: ``(train_index, test_index)`` (sorted int64 tensors).
-
-    Each class contributes ``round(test_fraction * count)`` samples to the test part
-    (at least one when the class has two or more samples and ``test_fraction > 0``).
-    """
-    if not 0.0 <= float(test_fraction) < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    y = torch.as_tensor(y).detach().cpu().long()
-    n = y.numel()
-    if test_fraction == 0 or n == 0:
-        return torch.arange(n), torch.arange(0)
-    gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n, generator=gen)
-    y_perm = y[perm]
-    order = torch.sort(y_perm, stable=True).indices  # random order within each class
-    sorted_y = y_perm[order]
-    classes, counts = torch.unique_consecutive(sorted_y, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(n) - torch.repeat_interleave(starts, counts)
-    n_test = torch.round(counts.double() * float(test_fraction)).long()
-    n_test = torch.where((n_test == 0) & (counts >= 2), torch.ones_like(n_test), n_test)
-    n_test = torch.minimum(n_test, counts - 1).clamp(min=0)
-    is_test = rank < torch.repeat_interleave(n_test, counts)
-    original = perm[order]
-    return torch.sort(original[~is_test]).values, torch.sort(original[is_test]).values
 
 
 # ---------------------------------------------------------------------------- datasets
@@ -253,7 +224,7 @@ def _train_epochs(oracle, x, target, opt, gen, history, *, epochs, batch_size, d
 
 def label_indices(classes, y, what: str = "data"):
     """Column index in ``classes`` of every label in ``y``; raises on labels it lacks."""
-    from dsflow.ot.gaussian import class_index
+    from dsflow.ot.class_stats import class_index
 
     missing = ~torch.isin(y, classes.to(y.device))
     if bool(missing.any()):

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
 import dsflow.data as D
-from dsflow.data.common import resolve_root, select_indices
+from dsflow.data.common import ranks_in_class, resolve_root, select_indices, stratified_split
 
 # 5 classes with uneven sizes: label v appears 10 + 2v times, shuffled.
 LABELS = np.random.default_rng(1).permutation(np.repeat(np.arange(5), 10 + 2 * np.arange(5)))
@@ -91,3 +92,40 @@ def test_import_is_light():
     code = "import sys, dsflow.data; bad = [m for m in ('torch', 'sklearn', 'h5py', 'torchvision') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_stratified_split_is_deterministic_disjoint_and_stratified():
+    y = torch.tensor([0] * 40 + [1] * 20 + [5] * 8)
+    tr, te = stratified_split(y, 0.25, seed=3)
+    tr2, te2 = stratified_split(y, 0.25, seed=3)
+    assert torch.equal(tr, tr2) and torch.equal(te, te2)
+    assert set(tr.tolist()).isdisjoint(te.tolist())
+    assert sorted(tr.tolist() + te.tolist()) == list(range(68))
+    assert torch.bincount(y[te]).tolist()[:2] == [10, 5] and int((y[te] == 5).sum()) == 2
+    assert not torch.equal(stratified_split(y, 0.25, seed=4)[1], te)
+
+
+def test_stratified_splits_keep_their_draws():
+    """Pinned from the implementations before they shared `ranks_in_class` (oracle/training.py
+    and data/embedded.py): a moved split must select the same samples."""
+    y = torch.tensor([0] * 40 + [1] * 20 + [5] * 8)
+    assert stratified_split(y, 0.25, seed=3)[1].tolist() == [2, 7, 9, 14, 17, 19, 26, 30, 33, 38, 45, 46, 50,
+                                                             53, 55, 60, 67]
+    datasets = pytest.importorskip("sklearn.datasets")
+    from dsflow.data.embedded import digits_split_indices
+
+    test = digits_split_indices(datasets.load_digits().target, "test")
+    assert (len(test), test[:12].tolist(), int(test.sum())) == (896, [2, 3, 4, 5, 7, 8, 10, 12, 13, 14, 15, 18],
+                                                                786759)
+
+
+def test_ranks_in_class_groups_by_class_in_the_given_order():
+    labels = np.array([2, 0, 2, 1, 0, 2])
+    order, rank = ranks_in_class(labels, np.array([5, 4, 3, 2, 1, 0]))
+    assert order.tolist() == [4, 1, 3, 5, 2, 0] and rank.tolist() == [0, 1, 0, 0, 1, 2]
+
+
+def test_oracle_reexports_the_data_split():
+    from dsflow import oracle
+
+    assert oracle.stratified_split is stratified_split

@@ -4,19 +4,8 @@ import pytest
 import torch
 
 from dsflow.data.container import LabeledData
-from dsflow.oracle import evaluate, get_oracle, load_oracle, load_training_data, save_oracle, stratified_split
+from dsflow.oracle import evaluate, get_oracle, load_oracle, load_training_data, save_oracle
 from dsflow.oracle import training as training_mod
-
-
-def test_stratified_split_is_deterministic_disjoint_and_stratified():
-    y = torch.tensor([0] * 40 + [1] * 20 + [5] * 8)
-    tr, te = stratified_split(y, 0.25, seed=3)
-    tr2, te2 = stratified_split(y, 0.25, seed=3)
-    assert torch.equal(tr, tr2) and torch.equal(te, te2)
-    assert set(tr.tolist()).isdisjoint(te.tolist())
-    assert sorted(tr.tolist() + te.tolist()) == list(range(68))
-    assert torch.bincount(y[te]).tolist()[:2] == [10, 5] and int((y[te] == 5).sum()) == 2
-    assert not torch.equal(stratified_split(y, 0.25, seed=4)[1], te)
 
 
 def test_mlp_oracle_on_digits_reaches_090_test_accuracy(digits_oracle, digits_split):
