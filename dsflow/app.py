@@ -138,7 +138,16 @@ def load_datasets(cfg, device=None, dtype=None):
         datasets.append(data.check_finite(side))
     source, target = datasets
     check_same_feature_space(source, target)
-    return source.to(device, dtype), target.to(device, dtype)
+    # checked again in the run's dtype: float64 values beyond float32's range become Inf there
+    converted = [d.to(device, dtype) for d in (source, target)]
+    if dtype is not None:
+        for side, data in zip(("source", "target"), converted):
+            try:
+                data.check_finite(side)
+            except ValueError as err:
+                raise ValueError(f"{err} (finite in the file, but not in dtype={str(dtype).replace('torch.', '')}: "
+                                 "rescale the data or use dtype=float64)") from None
+    return tuple(converted)
 
 
 def describe_data(data) -> dict[str, Any]:
@@ -278,7 +287,7 @@ def stage_build(ctx: RunContext) -> None:
         from dsflow.units import lr_from_time_step
 
         name = getattr(getattr(optimizer, "func", optimizer), "__name__", type(optimizer).__name__)
-        lr = lr_from_time_step(ctx.cfg.time_step, ctx.source.n, name)
+        lr = lr_from_time_step(ctx.cfg.time_step, ctx.source.n, name, optimizer.keywords.get("momentum", 0.0))
         optimizer = functools.partial(optimizer.func, *optimizer.args, **{**optimizer.keywords, "lr": lr})
         ctx.summary.update(time_step=float(ctx.cfg.time_step), lr=lr)
         log.info("time_step=%g with %d particles: optimizer.lr = %g", float(ctx.cfg.time_step), ctx.source.n, lr)
@@ -587,7 +596,7 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
 
     from dsflow.config_checks import check_run_config
     from dsflow.loggers import build_loggers
-    from dsflow.rundir import PREVIOUS_RUN_FILES, check_previous_run, check_writable
+    from dsflow.rundir import check_previous_run, check_writable, clear_previous_run
 
     check_run_config(cfg)  # types of steps, seed, optimizer.lr, ...: before anything runs
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
@@ -598,9 +607,11 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
             raise ValueError("run(cfg): no run directory; pass run_dir=... or run through the `dsflow` command")
     check_writable(run_dir)
     resume = bool((cfg.get("flow") or {}).get("resume", False))
-    if check_previous_run(run_dir, overwrite=bool(cfg.get("overwrite", False)), resume=resume) and not resume:
-        for name in PREVIOUS_RUN_FILES:  # overwrite=true: the old record goes, not appended to
-            (run_dir / name).unlink(missing_ok=True)
+    checkpoint_dir = (cfg.get("flow") or {}).get("checkpoint_dir")
+    overwrite = bool(cfg.get("overwrite", False))
+    if check_previous_run(run_dir, overwrite=overwrite, resume=resume, checkpoint_dir=checkpoint_dir) \
+            and overwrite and not resume:
+        clear_previous_run(run_dir, checkpoint_dir)  # the old run goes whole, checkpoints included
     OmegaConf.set_struct(cfg, True)  # typo'd keys fail loudly also when called as a library
     config = plain_config(cfg)
 

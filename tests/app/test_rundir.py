@@ -44,3 +44,29 @@ def test_second_run_into_the_same_dir_is_refused_unless_resume_or_overwrite(tmp_
     second = run(compose_cfg("seed=1", "overwrite=true"), run_dir=tmp_path)
     assert second["status"] == "ok" and json.loads((tmp_path / "summary.json").read_text())["seed"] == 1
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # replaced, not appended
+
+
+def test_overwrite_removes_the_old_runs_checkpoints_so_a_resume_cannot_pick_them(tmp_path):
+    run(compose_cfg("steps=8", "flow.checkpoint_every=2"), run_dir=tmp_path)
+    run(compose_cfg("steps=4", "flow.checkpoint_every=2", "overwrite=true"), run_dir=tmp_path)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["ckpt_00000002.pt", "ckpt_00000004.pt"]  # the old run's 6 and 8 are gone
+    s = run(compose_cfg("steps=4", "flow.checkpoint_every=2", "flow.resume=true"), run_dir=tmp_path)
+    assert s["resumed_from"]["step"] == 4
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+
+
+def test_a_resume_without_a_checkpoint_does_not_replace_the_previous_run(tmp_path):
+    run(compose_cfg("steps=5"), run_dir=tmp_path)
+    rows = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(RunDirError, match="no checkpoint") as info:
+        run(compose_cfg("steps=2", "flow.resume=true"), run_dir=tmp_path)
+    assert "overwrite=true" in str(info.value)
+    assert (tmp_path / "metrics.jsonl").read_text() == rows  # all 5 rows kept
+
+
+def test_a_run_that_failed_before_its_first_step_does_not_block_its_dir(tmp_path):
+    with pytest.raises(Exception, match="n_per_class"):
+        run(compose_cfg("source.n_per_class=0"), run_dir=tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    assert run(compose_cfg(), run_dir=tmp_path)["status"] == "ok"
