@@ -177,8 +177,13 @@ def save_checkpoint(directory: str | Path, step: int, payload: dict[str, Any], k
     return path
 
 
-def load_checkpoint(path: str | Path, map_location=None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`, without executing anything in it.
+
+    Tensors load on the CPU by default (the engine moves them to the state's device), so a
+    checkpoint written on a GPU resumes on a CPU-only machine instead of failing to load.
+    A file that cannot be *read* (permissions) is a `CheckpointError`, not corruption: it is
+    neither skipped nor renamed.
 
     Raises `UnsafeCheckpointError` for a file that needs a global outside the allow-list
     (nothing of it ran), `CorruptCheckpointError` for a truncated/damaged file or one that is
@@ -210,6 +215,13 @@ def load_checkpoint(path: str | Path, map_location=None) -> dict[str, Any]:
         raise CorruptCheckpointError(f"checkpoint {path} is corrupt ({type(err).__name__}: {err})", path) from None
     except FileNotFoundError:
         raise CorruptCheckpointError(f"checkpoint {path} does not exist", path) from None
+    except (PermissionError, IsADirectoryError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({err.strerror or type(err).__name__}); fix its permissions "
+            "or point flow.checkpoint_dir elsewhere", path,
+        ) from None
+    except MemoryError:
+        raise
     except Exception as err:  # noqa: BLE001 - torch reports damage as RuntimeError, EOFError, OSError, KeyError...
         raise CorruptCheckpointError(
             f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {str(err)[:200]})", path

@@ -362,6 +362,7 @@ def objective_rose(before, after, factor: float = RISE_FACTOR) -> bool:
     return after - before > factor * max(abs(before), 1e-12)
 
 
+_LINALG_ROUTINES = ("linalg", "cholesky", "eig", "svd", "lapack", "cusolver", "magma", "lu_factor")
 _LINALG_MESSAGES = ("failed to converge", "not positive-definite", "not positive definite",
                     "ill-conditioned", "singular", "illegal value")
 
@@ -372,7 +373,12 @@ def _is_linalg_failure(err: BaseException) -> bool:
 
     if isinstance(err, torch.linalg.LinAlgError):
         return True
-    return isinstance(err, RuntimeError) and any(m in str(err).lower() for m in _LINALG_MESSAGES)
+    if not isinstance(err, RuntimeError):
+        return False
+    # torch's messages name the routine ("linalg.eigh: The algorithm failed to converge ...");
+    # requiring both a routine and a failure phrase keeps programming errors out
+    message = str(err).lower()
+    return (any(r in message for r in _LINALG_ROUTINES) and any(m in message for m in _LINALG_MESSAGES))
 
 
 def _load_resume_checkpoint(checkpoint_dir) -> tuple[dict | None, Path | None, list[str]]:
@@ -683,9 +689,16 @@ def run_flow(
 
     def diverged(step_: int, part: str, what: str) -> FlowDivergedError:
         # ``state`` is finite here: the step start (value/gradient/linalg) or restored (update)
+        if state.step == 0 and part != "update":
+            # nothing has moved yet: the initial data, not the step size, is the problem
+            message = (f"the objective failed on the initial particles, before any update: {what}; this is "
+                       "not a step-size problem: check the data (duplicate or constant samples, classes "
+                       "too small for their covariance; e.g. functional.cov_ridge=1e-6)")
+        else:
+            message = (f"flow diverged at step {step_}: {what}; {DIVERGENCE_HINT}. The last finite particles "
+                       f"(step {state.step}) and the history are kept")
         return FlowDivergedError(
-            f"flow diverged at step {step_}: {what}; {DIVERGENCE_HINT}. The last finite particles "
-            f"(step {state.step}) and the history are kept",
+            message,
             step=step_, part=part, last_state=state.snapshot(), history=history,
             trajectory=None if recorder is None else recorder.result(),
             trajectory_steps=None if recorder is None else recorder.steps,

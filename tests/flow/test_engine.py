@@ -160,6 +160,25 @@ def test_other_runtime_errors_are_not_divergences():
     assert not isinstance(info.value, FlowDivergedError)
 
 
+def test_a_failure_on_the_initial_particles_is_not_blamed_on_the_step_size():
+    st, dyn = fd_state()
+    with pytest.raises(FlowDivergedError) as info:
+        run_flow(st, FailingEigh(0, "forward", "linalg"), dyn, sgd(0.5), steps=3, progress=False)
+    message = str(info.value)
+    assert "before any update" in message and "not a step-size problem" in message
+    assert "optimizer.lr" not in message and info.value.last_state.step == 0
+
+
+def test_only_linear_algebra_messages_from_a_routine_count_as_divergence():
+    from dsflow.flow.engine import _is_linalg_failure
+
+    assert _is_linalg_failure(RuntimeError("linalg.eigh: The algorithm failed to converge (error code: 3)"))
+    assert _is_linalg_failure(RuntimeError("cholesky_cpu: U(2,2) is zero, singular U."))
+    # a phrase alone, from code that is not a linear-algebra routine, is a bug to surface
+    assert not _is_linalg_failure(RuntimeError("cannot broadcast a singular dimension"))
+    assert not _is_linalg_failure(ValueError("linalg.eigh failed to converge"))
+
+
 def test_every_divergence_message_gives_the_lr_and_clip_hint():
     for obj, lr in [(WeightedSum({"ball": BallConstraint(radius=1.0), "bad": Scripted(bad_step=1)}), 1.0),
                     (WeightedSum({"q": {"weight": 1e30, "functional": quadratic()}}), 1e10)]:
