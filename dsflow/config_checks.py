@@ -34,6 +34,19 @@ def _shown(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _string_hint(value: Any) -> str:
+    """A number that arrived as a string (``${oc.env:SEED}`` resolves to one) is still a string
+    to every consumer of the key (numpy's seeding, torch's optimizers): say how to decode it."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return (" (it is the string " + repr(value) + ", e.g. from ${oc.env:VAR}: decode it with "
+                "${oc.decode:${oc.env:VAR}})")
+    return ""
+
+
 def check_int(cfg, key: str, *, minimum: int | None = None, optional: bool = False, example: str = "") -> None:
     """``cfg[key]`` is a whole number (>= ``minimum``; null allowed when ``optional``)."""
     if key not in cfg:
@@ -45,7 +58,7 @@ def check_int(cfg, key: str, *, minimum: int | None = None, optional: bool = Fal
     if not _is_int(value) or (minimum is not None and value < minimum):
         raise ConfigValueError(
             f"{key}={_shown(value)} is not valid: {key} must be a whole number{floor}"
-            + (" or null" if optional else "") + (f", e.g. {example}" if example else "")
+            + (" or null" if optional else "") + (f", e.g. {example}" if example else "") + _string_hint(value)
         )
 
 
@@ -67,7 +80,7 @@ def check_number(cfg, key: str, *, positive: bool = False, minimum: float | None
         need = "a positive number" if positive else (f"a number >= {minimum}" if minimum is not None else "a number")
         raise ConfigValueError(
             f"{name}={_shown(value)} is not valid: {name} must be {need}"
-            + (" or null" if optional else "") + (f", e.g. {example}" if example else "")
+            + (" or null" if optional else "") + (f", e.g. {example}" if example else "") + _string_hint(value)
         )
 
 
@@ -107,6 +120,7 @@ def check_run_config(cfg) -> None:
     for key in ("progress", "plot", "overwrite"):
         check_bool(cfg, key)
     check_number(cfg, "holdout", minimum=0, example="holdout=0.2")
+    check_number(cfg, "time_step", positive=True, optional=True, example="time_step=0.05")
     check_optimizer_config(cfg.get("optimizer"), lr_optional=cfg.get("time_step") is not None)
 
 

@@ -62,13 +62,14 @@ def paper_time_step(step_size: float) -> float:
     return step_size / 2.0
 
 
-def lr_from_time_step(time_step: Any, n: int, optimizer_name: str) -> float:
+def lr_from_time_step(time_step: Any, n: int, optimizer_name: str, momentum: float = 0.0) -> float:
     """``optimizer.lr`` that makes one step a time step ``time_step`` of the flow.
 
     Every dsflow functional is an average over the ``n`` particles (double averages for
     interactions), so the gradient of particle ``i`` is ``1/n`` times its velocity and plain
     gradient descent advances the flow by ``lr / n``: ``lr = time_step * n``.  Adam normalises
-    the gradient away, so a time step means nothing to it: refused.
+    the gradient away, so a time step means nothing to it: refused; so is SGD with momentum,
+    whose steady step is ``lr / (1 - momentum)`` (10x the time step at 0.9), not ``lr``.
     """
     try:
         tau = float(time_step)
@@ -81,6 +82,12 @@ def lr_from_time_step(time_step: Any, n: int, optimizer_name: str) -> float:
             f"time_step={tau} sets the step of gradient descent (optimizer=sgd or momentum), but the "
             f"optimizer is {optimizer_name}, whose step is not a time step; use optimizer=sgd, or set "
             "optimizer.lr and time_step=null"
+        )
+    if float(momentum or 0.0) != 0.0:
+        raise ValueError(
+            f"time_step={tau} is the step of plain gradient descent, but optimizer.momentum={momentum} makes "
+            f"each step about lr / (1 - momentum) = {1 / (1 - float(momentum)):.3g}x longer; use optimizer=sgd "
+            "with time_step, or keep momentum and set optimizer.lr with time_step=null"
         )
     return tau * int(n)
 

@@ -50,9 +50,12 @@ def test_effective_eps_relative_to_squared_distances_equals_the_papers(std):
     assert ours == pytest.approx(theirs, rel=1e-6 if channels == 1 else 0.03)
 
 
-def test_plan_in_dsflow_units_is_the_plan_of_the_authors_convention():
+@pytest.mark.parametrize("inner", ["none", "means"])
+def test_plan_in_dsflow_units_is_the_plan_of_the_authors_convention(inner):
     """The same entropic plan: dsflow's solver on pixels with entreg = paper_entreg(lambda, s)
-    against POT's log-domain Sinkhorn on standardised pixels, cost |x-x'|^2/2, reg = lambda."""
+    against POT's log-domain Sinkhorn on standardised pixels, cost (|x-x'|^2 + d_label^2)/2,
+    reg = lambda.  ``means``: the label distance (squared distance of class means, which
+    scales with the data like the features) is in the cost too."""
     import ot
 
     from dsflow import LabeledData, otdd
@@ -60,13 +63,18 @@ def test_plan_in_dsflow_units_is_the_plan_of_the_authors_convention():
     rng = np.random.default_rng(3)
     s, lam = 0.3081, 5.0
     xs, xt = rng.random((24, 16)), rng.random((30, 16)) * 0.8 + 0.1
-    src = LabeledData(torch.tensor(xs), torch.zeros(24, dtype=torch.long))
-    tgt = LabeledData(torch.tensor(xt), torch.zeros(30, dtype=torch.long))
-    ours = otdd(src, tgt, inner="none", outer="sinkhorn", entreg=paper_entreg(lam, s), tol=1e-9,
+    ys, yt = np.arange(24) % 2, np.arange(30) % 3
+    src = LabeledData(torch.tensor(xs), torch.tensor(ys))
+    tgt = LabeledData(torch.tensor(xt), torch.tensor(yt))
+    ours = otdd(src, tgt, inner=inner, outer="sinkhorn", entreg=paper_entreg(lam, s), tol=1e-9,
                 return_coupling=True).coupling.numpy()
     zs, zt = (xs - 0.13) / s, (xt - 0.13) / s
-    cost = ot.dist(zs, zt) / 2
-    ref = ot.sinkhorn(np.full(24, 1 / 24), np.full(30, 1 / 30), cost, reg=lam, method="sinkhorn_log",
+    cost = ot.dist(zs, zt)
+    if inner == "means":
+        ms = np.stack([zs[ys == c].mean(0) for c in range(2)])
+        mt = np.stack([zt[yt == c].mean(0) for c in range(3)])
+        cost = cost + ot.dist(ms, mt)[ys][:, yt]
+    ref = ot.sinkhorn(np.full(24, 1 / 24), np.full(30, 1 / 30), cost / 2, reg=lam, method="sinkhorn_log",
                       numItermax=100000, stopThr=1e-12)
     # both converged to 1e-9 on the marginals: the plans agree to solver precision
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-9)
@@ -95,6 +103,8 @@ def test_lr_from_time_step_is_tau_times_n_and_refuses_adam():
     assert lr_from_time_step(0.05, 2007, "SGD") == pytest.approx(100.35)
     with pytest.raises(ValueError, match="optimizer=sgd"):
         lr_from_time_step(0.05, 100, "Adam")
+    with pytest.raises(ValueError, match="momentum"):
+        lr_from_time_step(0.05, 100, "SGD", momentum=0.9)
     with pytest.raises(ValueError, match="time_step"):
         lr_from_time_step("abc", 100, "SGD")
     with pytest.raises(ValueError, match="std"):
@@ -105,7 +115,8 @@ def test_time_step_sets_lr_for_the_particles_that_flow(tmp_path):
     from dsflow.app import run
 
     cfg = _compose(["dataset@source=moons", "dataset@target=rings", "logger=none", "steps=1", "plot=false",
-                    "time_step=0.25", "source.n_samples=40", "holdout=0"])
+                    "time_step=0.25", "source.n_samples=40", "holdout=10"])
     summary = run(cfg, run_dir=tmp_path)
-    assert summary["lr"] == pytest.approx(0.25 * summary["n"])
+    assert summary["n"] == 30  # 10 of the 40 held out: lr follows the particles that flow
+    assert summary["lr"] == pytest.approx(0.25 * 30)
     assert summary["time_step"] == pytest.approx(0.25)

@@ -30,6 +30,8 @@ def compose_cfg(*overrides):
     ("threads=two", "threads='two'"),
     ("plot=maybe", "plot='maybe'"),
     ("holdout=abc", "holdout='abc'"),
+    ("time_step=abc", "time_step='abc'"),
+    ("time_step=-0.1", "time_step=-0.1"),
 ])
 def test_bad_types_name_the_key_before_anything_runs(tmp_path, override, named):
     if named is None:
@@ -49,3 +51,13 @@ def test_integral_float_steps_and_time_step_without_lr_are_accepted():
     check_run_config(cfg)
     with pytest.raises(ConfigValueError, match="optimizer.lr=None"):
         check_run_config(compose_cfg("optimizer.lr=null"))
+
+
+def test_a_number_given_as_a_string_says_how_to_decode_it(monkeypatch):
+    monkeypatch.setenv("DSFLOW_TEST_SEED", "7")
+    cfg = compose_cfg("seed=${oc.env:DSFLOW_TEST_SEED}")
+    with pytest.raises(ConfigValueError, match=r"seed='7'.*oc\.decode"):
+        check_run_config(cfg)
+    cfg.seed = "${oc.decode:${oc.env:DSFLOW_TEST_SEED}}"  # the suggested fix works
+    check_run_config(cfg)
+    assert cfg.seed == 7
