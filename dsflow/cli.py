@@ -123,14 +123,19 @@ def _exit_status() -> int:
     return 1
 
 
-@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
-def _flow_app(cfg: DictConfig) -> dict | None:
+def _flow_job(cfg: DictConfig) -> dict | None:
     from dsflow.app import run
 
     summary = _run_job(cfg, run)
     if summary is not None:
         _print_flow_result(summary)
     return summary
+
+
+#: the base config, for command lines that pick an experiment or a config group
+_flow_app = hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")(_flow_job)
+#: the base config + the default experiment (configs/demo.yaml), for all other command lines
+_demo_app = hydra.main(config_path=CONFIG_PATH, config_name="demo", version_base="1.3")(_flow_job)
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="distance", version_base="1.3")
@@ -174,26 +179,42 @@ def _main(app) -> None:
     sys.exit(_exit_status())
 
 
-#: what ``dsflow`` runs unless the command line picks an experiment or a config group
-DEFAULT_EXPERIMENT = "+experiment=default"
+#: the primary config ``dsflow`` composes unless the command line picks an experiment or a group
+DEMO_CONFIG = "demo"
 #: config groups of the `dsflow` app; selecting one of them means "not the default demo"
 CONFIG_GROUPS = ("dataset", "functional", "dynamics", "optimizer", "flow", "oracle", "experiment")
+#: Hydra's flags that take a value (``--flag VALUE`` or ``--flag=VALUE``)
+_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
+                     "--package", "-p", "--experimental-rerun", "--shell-completion", "-sc"}
+#: Hydra's flags that only inform (no run): no "running the default experiment" line for them
+_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
+
+
+def _overrides_of(args: list[str]) -> list[str]:
+    """The overrides in ``args``: Hydra's flags and their values left out."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("-"):
+            skip = arg in _FLAGS_WITH_VALUE  # ``--flag=VALUE`` carries its value itself
+            continue
+        out.append(arg)
+    return out
 
 
 def wants_default_experiment(args: list[str]) -> bool:
-    """True when ``args`` only tune keys (``steps=5``, ``logger=none``, ``-m optimizer.lr=1,2``).
+    """True when the overrides in ``args`` only tune keys (``steps=5``, ``-m optimizer.lr=1,2``).
 
-    The default experiment (configs/experiment/default.yaml) is the offline re-purposing demo
-    on the embedded digits.  It is left out as soon as the command line chooses an experiment
-    (``+experiment=NAME``; ``+experiment=base`` is the bare base config) or a dataset,
-    functional, dynamics, optimizer, flow or oracle config, and for Hydra's informational
-    flags (``--help``, ``--cfg``, ``--info``, ...).
+    The default experiment (configs/experiment/default.yaml, composed by the primary config
+    configs/demo.yaml) is the offline re-purposing demo on the embedded digits.  It is left
+    out as soon as the command line chooses an experiment (``+experiment=NAME``;
+    ``+experiment=base`` is the bare base config) or a dataset, functional, dynamics,
+    optimizer, flow or oracle config.  Hydra's flags (``--cfg job``, ``--config-dir DIR``,
+    ``-m``, ...) do not change the choice, so ``dsflow --cfg job`` shows what ``dsflow`` runs.
     """
-    for arg in args:
-        if arg in ("-m", "--multirun"):
-            continue
-        if arg.startswith("-"):
-            return False
+    for arg in _overrides_of(args):
         key = arg.split("=", 1)[0].lstrip("+~")
         if key.split("@", 1)[0] in CONFIG_GROUPS and "." not in key:
             return False
@@ -203,15 +224,19 @@ def wants_default_experiment(args: list[str]) -> bool:
 def main() -> None:
     """``dsflow [overrides]``: flow a labeled dataset; ``dsflow -m ...`` for a sweep.
 
-    Unless the command line picks an experiment or a config group, the default experiment
-    ``+experiment=default`` (the offline re-purposing demo) is added, so ``dsflow``,
-    ``dsflow steps=10 logger=none`` and ``dsflow -m optimizer.lr=100,200`` all run the demo.
+    Unless the command line picks an experiment or a config group, the primary config is
+    ``demo`` (the base config + the default experiment, the offline re-purposing demo), so
+    ``dsflow``, ``dsflow steps=10 logger=none``, ``dsflow -m optimizer.lr=100,200`` and
+    ``dsflow --cfg job`` all compose the demo.
     """
-    if wants_default_experiment(sys.argv[1:]):
-        print(f"dsflow: running the default experiment ({DEFAULT_EXPERIMENT}; "
-              "+experiment=base for the bare base config)", flush=True)
-        sys.argv.append(DEFAULT_EXPERIMENT)
-    _main(_flow_app)
+    args = sys.argv[1:]
+    if wants_default_experiment(args):
+        if not any(a.split("=", 1)[0] in _INFO_FLAGS for a in args):
+            print("dsflow: running the default experiment (configs/experiment/default.yaml; "
+                  "+experiment=base for the bare base config)", flush=True)
+        _main(_demo_app)
+    else:
+        _main(_flow_app)
 
 
 def distance_main() -> None:

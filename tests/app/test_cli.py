@@ -147,20 +147,41 @@ def test_distance_command(tmp_path):
         (["+experiment=base"], False),  # the bare base config
         (["dataset@source=moons"], False),  # choosing a config group replaces it
         (["oracle=none"], False),
-        (["--cfg", "job"], False),  # Hydra's informational flags see the plain config
-        (["--help"], False),
+        (["--cfg", "job"], True),  # shows what `dsflow` runs
+        (["--help"], True),
+        (["--config-dir", "/tmp/my_configs", "steps=3"], True),  # a flag and its value change nothing
+        (["--config-dir=/tmp/my_configs", "dataset@source=moons"], False),
+        (["-cd", "oracle=none", "steps=3"], True),  # "oracle=none" is -cd's value here, not a choice
     ],
 )
 def test_default_experiment_unless_an_experiment_or_group_is_chosen(monkeypatch, capsys, args, default):
     from dsflow import cli
 
     seen = {}
-    monkeypatch.setattr(cli, "_main", lambda app: seen.update(argv=list(sys.argv)))
+    monkeypatch.setattr(cli, "_main", lambda app: seen.update(app=app, argv=list(sys.argv)))
     monkeypatch.setattr(sys, "argv", ["dsflow", *args])
     cli.main()
-    expected = ["dsflow", *args] + (["+experiment=default"] if default else [])
-    assert seen["argv"] == expected
-    assert ("+experiment=default" in capsys.readouterr().out) == default
+    assert seen["argv"] == ["dsflow", *args]  # nothing is added to the command line
+    assert (seen["app"] is cli._demo_app) == default
+    informational = any(a.split("=", 1)[0] in ("--cfg", "--help") for a in args)
+    assert ("running the default experiment" in capsys.readouterr().out) == (default and not informational)
+
+
+@pytest.mark.parametrize("args", [["steps=0"], ["steps=0", "dataset@source=moons", "dataset@target=rings"]],
+                         ids=["default experiment", "a group chosen"])
+def test_cfg_job_shows_the_config_the_run_writes(tmp_path, args):
+    """`dsflow --cfg job --resolve` prints exactly the config.yaml that `dsflow` writes."""
+    import yaml
+
+    args = [*args, "logger=none", "plot=false", "progress=false", "pushforward.enabled=false", "holdout=0"]
+    if "dataset@source=moons" in args:
+        args = [a for a in args if not a.startswith(("pushforward", "holdout"))]
+    shown = run_cli(["--cfg", "job", "--resolve", *args], tmp_path, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    out = tmp_path / "run"
+    ran = run_cli([*args, f"hydra.run.dir={out}"], tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert yaml.safe_load(shown.stdout) == yaml.safe_load((out / "config.yaml").read_text())
 
 
 @pytest.mark.slow
