@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "LabeledData": ("dsflow.data.container", "LabeledData"),
-    "ParticleState": ("dsflow.flow.state", "ParticleState"),
+    "ParticleState": ("dsflow.state", "ParticleState"),
     "otdd": ("dsflow.ot", "otdd"),
     "OTDDResult": ("dsflow.ot", "OTDDResult"),
 }

@@ -3,7 +3,7 @@
 ``import dsflow.flow`` stays light: the engine and dynamics are loaded on first use.
 """
 
-from dsflow.flow.state import ParticleState
+from dsflow.state import ParticleState
 
 _LAZY = {
     "run_flow": "dsflow.flow.engine",

@@ -1,13 +1,18 @@
 """Label dynamics (config group ``dynamics``; paper section 6.1, algorithms 1-3).
 
+Each dynamics owns the label state of its particles (``state.labels``, `dsflow.state`):
+it builds it in ``init_state``, says which of its tensors move in ``param_groups`` and
+updates it in ``after_step``; functionals only read it through its declared kind.
+
 * `FeatureDriven` (``fd``): only features move; labels are fixed and class statistics
-  are recomputed from the particles by the functional (``label_means`` stays ``None``).
+  are recomputed from the particles by the functional (``state.labels is None``).
 * `JointDrivenFixedLabel` (``jd_fl``): features and one Gaussian per class
-  ``N(mu_j, F_j F_j^T)`` move by their own gradients; labels are fixed and
-  ``label_index[i]`` is the class row of particle ``i``.
+  ``N(mu_j, F_j F_j^T)`` (`GaussianLabels`) move by their own gradients; labels are fixed
+  and ``labels.index[i]`` is the class row of particle ``i``.
 * `JointDrivenVariableLabel` (``jd_vl``): one Gaussian per particle (initialised from its
-  class's statistics) moves; every ``recluster_every`` steps the discrete labels are
-  recomputed by clustering the Gaussians, so the number of classes can change.
+  class's statistics) moves; every ``recluster_every`` steps the discrete labels (the
+  cluster labels ``state.y``) are recomputed by clustering the Gaussians, so the number of
+  classes can change.
 
 Covariances are parametrised by a factor ``F`` (``Sigma = F F^T``), initialised from an
 eigendecomposition of the (ridged) class covariance keeping the ``rank`` largest
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 from dsflow.data.container import LabeledData
 from dsflow.flow.dynamics_base import Dynamics
-from dsflow.flow.state import ParticleState
+from dsflow.state import GaussianLabels, ParticleState
 
 #: Refuse per-particle factor tensors larger than this many elements (1 GiB in float32).
 MAX_FACTOR_ELEMENTS = 1 << 28
@@ -78,6 +83,7 @@ class FeatureDriven(Dynamics):
 
     name = "fd"
     variable_labels = False
+    label_state = None
 
     def init_state(self, data: LabeledData, *, device=None, dtype=None) -> ParticleState:
         x, y = _features_and_labels(data, device, dtype)
@@ -102,6 +108,7 @@ class JointDrivenFixedLabel(Dynamics):
 
     name = "jd_fl"
     variable_labels = False
+    label_state = GaussianLabels
 
     def __init__(self, rank: int | None = None, ridge: float = 1e-6, label_lr_scale: float = 1.0) -> None:
         self.rank = None if rank is None else int(rank)
@@ -114,14 +121,14 @@ class JointDrivenFixedLabel(Dynamics):
         x, y = _features_and_labels(data, device, dtype)
         _, index, means, factors = class_gaussian_factors(x, y, rank=self.rank, ridge=self.ridge)
         return ParticleState(
-            x=_leaf(x), y=y.clone(), label_means=_leaf(means), label_factors=_leaf(factors),
-            label_index=index, template=data,
+            x=_leaf(x), y=y.clone(), labels=GaussianLabels(means=_leaf(means), factors=_leaf(factors), index=index),
+            template=data,
         )
 
     def param_groups(self, state: ParticleState) -> list[dict]:
         return [
             {"params": [state.x], "name": "features"},
-            {"params": [state.label_means, state.label_factors], "name": "labels",
+            {"params": [state.labels.means, state.labels.factors], "name": "labels",
              "lr_scale": self.label_lr_scale},
         ]
 
@@ -198,8 +205,9 @@ class JointDrivenVariableLabel(JointDrivenFixedLabel):
         classes, index, means, factors = class_gaussian_factors(x, y, rank=self.rank, ridge=self.ridge)
         meta = {"n_clusters": self.n_clusters or int(classes.numel())}
         return ParticleState(
-            x=_leaf(x), y=y.clone(), label_means=_leaf(means[index]), label_factors=_leaf(factors[index]),
-            label_index=torch.arange(x.shape[0], device=x.device), template=data, meta=meta,
+            x=_leaf(x), y=y.clone(), template=data, meta=meta,
+            labels=GaussianLabels(means=_leaf(means[index]), factors=_leaf(factors[index]),
+                                  index=torch.arange(x.shape[0], device=x.device)),
         )
 
     def recluster(self, state: ParticleState) -> bool:
@@ -209,7 +217,7 @@ class JointDrivenVariableLabel(JointDrivenFixedLabel):
 
         from dsflow.flow import clustering as cl
 
-        feats = cl.gaussian_embedding(state.label_means, state.label_factors, self.cov_features)
+        feats = cl.gaussian_embedding(state.labels.means, state.labels.factors, self.cov_features)
         centers = state.meta.get("cluster_centers")
         ids = cl.cluster(
             feats, self.clustering, n_clusters=state.meta.get("n_clusters", self.n_clusters),

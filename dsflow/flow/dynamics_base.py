@@ -8,7 +8,7 @@ projections such as a pixel box).
 from __future__ import annotations
 
 from dsflow.data.container import LabeledData
-from dsflow.flow.state import ParticleState
+from dsflow.state import ParticleState
 
 
 class Dynamics:
@@ -16,6 +16,10 @@ class Dynamics:
     #: True when discrete labels can change during the flow (functionals must then
     #: not cache anything that depends on ``state.y``).
     variable_labels: bool = False
+    #: The `LabelState` class this dynamics keeps in ``state.labels`` (``None``: no label
+    #: state, the labels are the discrete ``state.y``).  The dynamics own it: they build,
+    #: move and update it; functionals read it through its ``kind``.
+    label_state: type | None = None
 
     def init_state(self, data: LabeledData, *, device=None, dtype=None) -> ParticleState:
         """Particles at t=0 from a dataset (moving tensors are leaves with requires_grad)."""

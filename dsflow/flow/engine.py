@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from dsflow.flow.dynamics_base import Dynamics
-from dsflow.flow.state import ParticleState
+from dsflow.state import ParticleState
 from dsflow.functionals.base import Functional
 
 STOP_STEPS = "steps"

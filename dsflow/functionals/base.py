@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from dsflow.flow.state import ParticleState
+from dsflow.state import ParticleState
 
 
 class Functional:

@@ -14,7 +14,7 @@ optimizer step the engine adds ``sqrt(2 * T * lr) * N(0, I)`` to the moving feat
 
 from __future__ import annotations
 
-from dsflow.flow.state import ParticleState
+from dsflow.state import ParticleState
 from dsflow.functionals.base import Functional
 
 

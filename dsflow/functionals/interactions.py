@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from dsflow.flow.state import ParticleState
+from dsflow.state import ParticleState
 from dsflow.functionals.base import Functional
 from dsflow.data.common import to_plain
 

@@ -7,13 +7,17 @@ weights as `dsflow.functionals.base` requires.
 
 Source label representation (paper section 6.1):
 
-* ``state.label_means is None`` (feature-driven, fd): class Gaussians / samples are
+The state's label slot (``state.labels``, `dsflow.state`) is read by its declared kind,
+not guessed from which fields are set:
+
+* ``state.labels is None`` (feature-driven, fd): class Gaussians / samples are
   recomputed from ``(state.x, state.y)``.  With ``label_grad=False`` (default, the paper's
   fd dynamics) they are detached: ``x`` only moves through the feature cost and the
   statistics follow the particles after the step.
-* otherwise (jd_fl / jd_vl): rows ``state.label_means`` / ``state.label_factors`` with
-  ``state.label_index[i]`` the row of particle ``i`` (per class or per particle); the
-  Gaussian label model is required and gradients flow into means and factors.
+* ``state.labels.kind == "gaussian"`` (`GaussianLabels`, jd_fl / jd_vl): rows
+  ``labels.means`` / ``labels.factors`` with ``labels.index[i]`` the row of particle ``i``
+  (per class or per particle); the Gaussian label model is required and gradients flow
+  into means and factors.  Any other kind is refused by name.
 
 The problem (label model, outer cost, solver back-end) is built by
 `dsflow.ot.problem.make_problem`, as for `dsflow.otdd`: this class adds only the state's
@@ -155,7 +159,7 @@ class OTDD(Functional):
         """Before step 0: with feature-driven labels and the Gaussian label model, a source
         class of one sample raises `SingletonClassError` (joint-driven states carry their
         own label Gaussians, so they need no such check)."""
-        if state.label_means is None and self._checks_singletons:
+        if state.labels is None and self._checks_singletons:
             from dsflow.data.container import LabeledData
             from dsflow.ot.gaussian import check_class_sizes
 
@@ -203,17 +207,23 @@ class OTDD(Functional):
         """``(idx_s, W_st, W_ss)`` for the state's label representation."""
         from dsflow.ot.class_stats import class_index
 
-        joint = state.label_means is not None
+        labels = state.labels
+        joint = labels is not None
+        if joint and labels.kind != "gaussian":
+            raise TypeError(f"OTDD reads feature-driven states (labels=None) and Gaussian label states "
+                            f"(GaussianLabels, kind 'gaussian'), not label states of kind {labels.kind!r}; use "
+                            "a dynamics whose label state it knows (fd, jd_fl, jd_vl)")
         if not self._uses_labels:
-            idx = state.label_index if joint else class_index(state.y)[1]
+            idx = labels.index if joint else class_index(state.y)[1]
             return idx, None, None
         if joint:
-            means, factors, idx = state.label_means, state.label_factors, state.label_index
+            means, factors, idx = labels.means, labels.factors, labels.index
             if factors is None:
                 factors = means.new_zeros(means.shape[0], means.shape[1], 1)
             s_stats = self.labels.from_parameters(means, factors)  # raises for models that cannot
             if idx is None:
-                raise ValueError("OTDD: state.label_means is set but state.label_index is None")
+                raise ValueError("OTDD: the state's GaussianLabels have no index (the row of each particle); "
+                                 "give GaussianLabels(means, factors, index)")
             key = None
             if not (means.requires_grad or factors.requires_grad):
                 key = ("joint", (means, factors), (means._version, factors._version))

@@ -3,7 +3,7 @@
 Each functional is the *average* over particles of a per-particle potential ``V(x_i, y_i)``,
 so the gradient with respect to particle ``i`` is ``(1/n) grad V(x_i, y_i)`` (the base-class
 convention; see `dsflow.functionals.base`).  Only features move under a potential: the
-label parts of a `ParticleState` (``label_means``/``label_factors``) are not used.
+label state of a `ParticleState` (``state.labels``, e.g. jd Gaussians) is not used.
 
 Parameters given as lists (Hydra configs) are turned into tensors on the particles'
 device and dtype at first use and cached per (device, dtype).
@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from dsflow.data.common import to_plain
-from dsflow.flow.state import ParticleState
+from dsflow.state import ParticleState
 from dsflow.functionals.base import Functional
 
 
