@@ -1,8 +1,10 @@
-"""Test-wide settings: no network, no files outside tmp dirs, headless plots."""
+"""Test-wide settings: no network, no files outside tmp dirs, headless plots; the tiny digits
+data and one trained MLP shared by the model, oracle and task tests (trained once per session)."""
 
 import os
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,3 +29,30 @@ def _isolated_environment(tmp_path_factory):
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    from sklearn.datasets import load_digits
+
+    from dsflow.data.container import LabeledData
+
+    x, y = load_digits(return_X_y=True)
+    return LabeledData(x=torch.tensor(x / 16.0, dtype=torch.float32), y=y, image_shape=(1, 8, 8), name="digits")
+
+
+@pytest.fixture(scope="session")
+def digits_split(digits_data):
+    from dsflow.data.common import stratified_split
+
+    tr, te = stratified_split(digits_data.y, 0.25, seed=0)
+    return digits_data.subset(tr), digits_data.subset(te)
+
+
+@pytest.fixture(scope="session")
+def digits_oracle(digits_split, tmp_path_factory):
+    from dsflow.models import get_oracle
+
+    train, _ = digits_split
+    return get_oracle("mlp", train=train, epochs=10, batch_size=64, seed=0, val_fraction=0.1,
+                      cache_dir=tmp_path_factory.mktemp("oracle-cache"), device="cpu")

@@ -1,4 +1,4 @@
-"""Classifier architectures for frozen oracles and the `Oracle` wrapper.
+"""Classifier architectures and the `Oracle` wrapper (a classifier any task can train or evaluate).
 
 Every network here consumes *flattened* rows (``LabeledData.x``): the `Oracle` wrapper
 checks the feature dimension, reshapes to ``image_shape`` when the network is
@@ -256,6 +256,13 @@ class Oracle(nn.Module):
         self.requires_grad_(False)
         self.frozen = True
         return self.eval()
+
+    def unfreeze(self) -> "Oracle":
+        """Parameters require grad again and ``train()`` works: for fine-tuning a pretrained
+        classifier (`dsflow.models.fine_tune_classifier`), which a frozen one must refuse."""
+        self.frozen = False
+        self.requires_grad_(True)
+        return self
 
     def train(self, mode: bool = True):  # noqa: D102 - a frozen oracle never leaves eval mode
         return super().train(bool(mode) and not getattr(self, "frozen", False))

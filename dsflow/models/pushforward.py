@@ -135,7 +135,7 @@ class PushForward:
 
     @torch.no_grad()
     def __call__(self, x, batch_size: int = 1024):
-        from dsflow.oracle.networks import batched_apply
+        from dsflow.models.networks import batched_apply
 
         x = torch.as_tensor(x)
         dev = self.model.shift.device
@@ -213,7 +213,7 @@ def fit_pushforward(x0, xT, *, image_shape=None, architecture: str = "auto", epo
     ``x0``/``xT`` are ``(n, d)`` (or `LabeledData`, whose ``image_shape`` is then used).
     """
     from dsflow.data.container import LabeledData
-    from dsflow.oracle.training import resolve_device, small_model_threads
+    from dsflow.models.training import resolve_device, small_model_threads
 
     if isinstance(x0, LabeledData):
         image_shape = image_shape or x0.image_shape

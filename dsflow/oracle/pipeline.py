@@ -159,7 +159,7 @@ def check_pushforward_config(cfg, flowed) -> None:
     from omegaconf import OmegaConf
 
     from dsflow.config_checks import ConfigValueError
-    from dsflow.oracle.pushforward import check_pushforward_options
+    from dsflow.models.pushforward import check_pushforward_options
 
     oracle = cfg.get("oracle") or {}
     if not (oracle.get("stage") if hasattr(oracle, "get") else None):
@@ -226,7 +226,7 @@ def pushforward_report(ctx, classifier=None) -> dict:
     from omegaconf import OmegaConf
 
     from dsflow.oracle.evaluation import accuracy
-    from dsflow.oracle.pushforward import fit_pushforward
+    from dsflow.models.pushforward import fit_pushforward
 
     pf_cfg = ctx.cfg.get("pushforward") or {}
     options = OmegaConf.to_container(pf_cfg, resolve=True) if OmegaConf.is_config(pf_cfg) else dict(pf_cfg)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from dsflow.oracle import make_oracle
-from dsflow.oracle.networks import Oracle
+from dsflow.models import make_oracle
+from dsflow.models.networks import Oracle
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dsflow.oracle import ConvAutoencoder, fit_pushforward
+from dsflow.models import ConvAutoencoder, fit_pushforward
 
 
 def nonlinear_map(x):

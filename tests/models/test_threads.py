@@ -2,7 +2,7 @@
 
 import torch
 
-from dsflow.oracle.training import SMALL_MODEL_PARAMETERS, small_model_threads
+from dsflow.models.training import SMALL_MODEL_PARAMETERS, small_model_threads
 
 
 def test_small_cpu_model_trains_on_one_thread_and_the_setting_is_restored():

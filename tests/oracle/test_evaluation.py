@@ -5,7 +5,7 @@ import torch
 from dsflow.data.container import LabeledData
 from dsflow.flow.state import ParticleState
 from dsflow.oracle import OracleMonitor, accuracy, confusion_matrix, evaluate
-from dsflow.oracle.networks import Oracle
+from dsflow.models.networks import Oracle
 
 
 @pytest.fixture

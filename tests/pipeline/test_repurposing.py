@@ -133,18 +133,18 @@ def test_emnist_letters_need_the_correspondence_layer(nist_root, tmp_path):
 
 
 def test_frozen_oracle_weights_unchanged_by_a_whole_flow(nist_root, tmp_path, monkeypatch):
-    import dsflow.oracle
+    import dsflow.models
 
     built = []
-    original = dsflow.oracle.get_oracle
+    original = dsflow.models.get_oracle
 
     def spy(*args, **kwargs):
         oracle = original(*args, **kwargs)
         built.append((oracle, {k: v.detach().clone() for k, v in oracle.state_dict().items()}))
         return oracle
 
-    # the oracle config's _target_ is dsflow.oracle.get_oracle: Hydra finds the spy there
-    monkeypatch.setattr(dsflow.oracle, "get_oracle", spy)
+    # the oracle config's _target_ is dsflow.models.get_oracle: Hydra finds the spy there
+    monkeypatch.setattr(dsflow.models, "get_oracle", spy)
     cfg = _nist(nist_root, tmp_path, "dataset@source=usps", "holdout=0.25", "pushforward.enabled=true",
                 "plot=false", steps=3)
     summary = run(cfg, run_dir=tmp_path / "run")
