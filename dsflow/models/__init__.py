@@ -21,6 +21,9 @@ _LAZY = {
     "build_network": "networks",
     "batched_apply": "networks",
     "ARCHITECTURES": "networks",
+    # predictions
+    "predict": "evaluation",
+    "accuracy": "evaluation",
     # training
     "fit_classifier": "training",
     "fine_tune_classifier": "training",

@@ -155,7 +155,7 @@ class PushForward:
         if x_target is not None:
             out["mse"] = float(((mapped.double().cpu() - torch.as_tensor(x_target).double().cpu()) ** 2).mean())
         if oracle is not None and y is not None:
-            from dsflow.oracle.evaluation import accuracy
+            from dsflow.models.evaluation import accuracy
 
             out["accuracy_mapped"] = accuracy(oracle, mapped, y)
             out["accuracy_unmapped"] = accuracy(oracle, x, y)

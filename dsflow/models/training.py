@@ -218,7 +218,7 @@ def _train_epochs(oracle, x, target, opt, gen, history, *, epochs, batch_size, d
         history["loss"].append(float(total_loss) / n)
         history["train_accuracy"].append(float(correct) / n)
         if val_data is not None:
-            from dsflow.oracle.evaluation import accuracy
+            from dsflow.models.evaluation import accuracy
 
             oracle.eval()
             history["val_accuracy"].append(accuracy(oracle, val_data))

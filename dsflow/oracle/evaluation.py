@@ -15,29 +15,8 @@ from typing import Any
 import torch
 
 from dsflow.data.container import LabeledData
-
-
-def _xy(data, y=None):
-    if isinstance(data, LabeledData):
-        if y is not None:
-            raise ValueError("pass either a LabeledData or (x, y), not both")
-        return data.x, data.y
-    if hasattr(data, "x") and hasattr(data, "y") and y is None:  # e.g. a ParticleState
-        return data.x, data.y
-    if y is None:
-        raise ValueError("evaluation needs true labels: pass a LabeledData or a tensor x with labels y")
-    x, y = torch.as_tensor(data), torch.as_tensor(y)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]} labels")
-    return x, y
-
-
-@torch.no_grad()
-def predict(classifier, x, batch_size: int = 1024):
-    """Predicted label values (int64, CPU) of ``classifier`` on rows ``x``, batched."""
-    x = torch.as_tensor(x).detach()
-    proba = classifier.predict_proba(x, batch_size=batch_size)
-    return classifier.classes.detach().cpu()[proba.argmax(1).cpu()]
+# predictions and accuracy of any classifier live with the models (re-exported here)
+from dsflow.models.evaluation import _xy, accuracy, predict  # noqa: F401
 
 
 def confusion_matrix(y_true, y_pred, true_classes=None, pred_classes=None):
@@ -110,13 +89,6 @@ def evaluate(classifier, data, y=None, *, batch_size: int = 1024) -> Evaluation:
         accuracy=float(correct.double().mean()), per_class_accuracy=per_class, confusion=conf,
         true_classes=tc.tolist(), pred_classes=pc.tolist(), n=int(y.numel()), names=names,
     )
-
-
-def accuracy(classifier, data, y=None, *, batch_size: int = 1024) -> float:
-    """Fraction of correctly classified samples (label values compared)."""
-    x, y = _xy(data, y)
-    pred = predict(classifier, x, batch_size)
-    return float((pred == torch.as_tensor(y).detach().cpu().long()).double().mean())
 
 
 class OracleMonitor:
