@@ -287,7 +287,9 @@ def stage_build(ctx: RunContext) -> None:
         from dsflow.units import lr_from_time_step
 
         name = getattr(getattr(optimizer, "func", optimizer), "__name__", type(optimizer).__name__)
-        lr = lr_from_time_step(ctx.cfg.time_step, ctx.source.n, name, optimizer.keywords.get("momentum", 0.0))
+        # the functional declares how its gradient scales with time (a particle average: velocity / n)
+        lr = lr_from_time_step(ctx.cfg.time_step, ctx.source.n, name, optimizer.keywords.get("momentum", 0.0),
+                               velocity_factor=objective.velocity_factor(ctx.source.y))
         optimizer = functools.partial(optimizer.func, *optimizer.args, **{**optimizer.keywords, "lr": lr})
         ctx.summary.update(time_step=float(ctx.cfg.time_step), lr=lr)
         log.info("time_step=%g with %d particles: optimizer.lr = %g", float(ctx.cfg.time_step), ctx.source.n, lr)

@@ -62,13 +62,18 @@ def paper_time_step(step_size: float) -> float:
     return step_size / 2.0
 
 
-def lr_from_time_step(time_step: Any, n: int, optimizer_name: str, momentum: float = 0.0) -> float:
+def lr_from_time_step(time_step: Any, n: int, optimizer_name: str, momentum: float = 0.0, *,
+                      velocity_factor: Any = None) -> float:
     """``optimizer.lr`` that makes one step a time step ``time_step`` of the flow.
 
-    Every dsflow functional is an average over the ``n`` particles (double averages for
-    interactions), so the gradient of particle ``i`` is ``1/n`` times its velocity and plain
-    gradient descent advances the flow by ``lr / n``: ``lr = time_step * n``.  Adam normalises
-    the gradient away, so a time step means nothing to it: refused; so is SGD with momentum,
+    Plain gradient descent moves particle ``i`` by ``lr * grad_i``, and its velocity is
+    ``velocity_factor * grad_i``, so one step advances the flow by ``lr / velocity_factor``:
+    ``lr = time_step * velocity_factor``.  The functional declares the factor
+    (`dsflow.functionals.base.Functional.velocity_factor`); ``None`` means a particle
+    average over the ``n`` particles (every dsflow functional today, double averages for
+    interactions): the factor is ``n``.  A factor that differs between particles (one per
+    particle, e.g. masses within classes) cannot be one ``lr``: refused.  Adam normalises the
+    gradient away, so a time step means nothing to it: refused; so is SGD with momentum,
     whose steady step is ``lr / (1 - momentum)`` (10x the time step at 0.9), not ``lr``.
     """
     try:
@@ -89,7 +94,19 @@ def lr_from_time_step(time_step: Any, n: int, optimizer_name: str, momentum: flo
             f"each step about lr / (1 - momentum) = {1 / (1 - float(momentum)):.3g}x longer; use optimizer=sgd "
             "with time_step, or keep momentum and set optimizer.lr with time_step=null"
         )
-    return tau * int(n)
+    factor = int(n) if velocity_factor is None else velocity_factor
+    if not isinstance(factor, (int, float)):
+        values = {float(v) for v in (factor.reshape(-1).tolist() if hasattr(factor, "reshape") else factor)}
+        if len(values) != 1:
+            raise ValueError(
+                f"time_step={tau}: the functional's particles move at different rates per unit gradient "
+                f"({len(values)} distinct velocity factors), so no single optimizer.lr is a time step; set "
+                "optimizer.lr with time_step=null"
+            )
+        factor = values.pop()
+    if not (factor > 0 and math.isfinite(factor)):
+        raise ValueError(f"time_step={tau}: the functional's velocity factor must be a positive number, got {factor!r}")
+    return tau * factor
 
 
 def register_resolvers() -> None:

@@ -1,14 +1,23 @@
 """Base classes for functionals F(rho) over labeled particle systems.
 
 A functional is a callable on a `ParticleState` returning a 0-d tensor whose autograd
-gradient with respect to the moving tensors is the particle velocity field (up to sign):
-for an empirical measure with uniform weights, ``grad_{x_i} F(rho_N) = (1/n) grad delta F/
-delta rho (x_i)``, so functionals are written as *averages* over particles and the engine
-rescales nothing.
+gradient with respect to the moving tensors is the particle velocity field (up to sign)
+times a factor the functional declares (its *time scaling*).  Every functional of dsflow
+today is a particle average: for an empirical measure with uniform weights,
+``grad_{x_i} F(rho_N) = (1/n) grad delta F/delta rho (x_i)``, i.e. each particle has mass
+``1/n`` and its velocity is ``n`` times its gradient (``time_scaling = "particle_average"``,
+``velocity_factor(y) = n``).  The app turns a flow time step into ``optimizer.lr`` by asking
+the functional for that factor, so ``time_step`` means a time step for every functional
+and every n; a family whose particles carry other masses (Wasserstein-over-Wasserstein
+flows: the mass of a particle within its class) declares another scaling.
 
 Internal energy (entropy, ``f(t) = t log t``) has no particle value; it is realised as
 Brownian noise in the update (Euler-Maruyama).  A functional advertises its temperature
 through ``temperature`` and the engine adds ``sqrt(2 * temperature * lr) * N(0, I)``.
+
+The engine reads a functional only through this interface (``evaluate``, ``parts``,
+``temperature``, ``reset``, ``state_dict``/``load_state_dict``, ``time_scaling``), so every
+method has a default here and nothing is probed with ``hasattr``.
 """
 
 from __future__ import annotations
@@ -17,6 +26,9 @@ from typing import Any, Mapping
 
 from dsflow.state import ParticleState
 
+#: The time scalings a functional can declare (see `Functional.velocity_factor`).
+TIME_SCALINGS = ("particle_average",)
+
 
 class Functional:
     """A functional of the particle state.  Subclasses implement ``__call__``."""
@@ -24,6 +36,9 @@ class Functional:
     name: str = "functional"
     #: Brownian temperature contributed by this functional (0 for deterministic ones).
     temperature: float = 0.0
+    #: How the particle gradient relates to the velocity of the flow: ``"particle_average"``
+    #: (the value is an average over the n particles, so the gradient is velocity / n).
+    time_scaling: str = "particle_average"
 
     def __call__(self, state: ParticleState):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -48,6 +63,32 @@ class Functional:
         """``(value, parts)``: the 0-d tensor and a dict ``name -> float`` for the logs."""
         value = self(state)
         return value, {self.name: float(value.detach())}
+
+    def parts(self) -> Mapping[str, "Functional"]:
+        """The named sub-functionals whose values ``evaluate`` logs separately (a sum's
+        terms); the engine re-evaluates them one by one to name the part whose gradient is
+        not finite.  A functional with no parts returns ``{}``."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """What the next evaluation depends on besides the state and the bound data (e.g.
+        warm-start potentials), for checkpoints; ``{}`` for a functional without such state."""
+        return {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore `state_dict` output after a resume.  Default: forget caches (`reset`), so
+        nothing computed before the resume is reused."""
+        self.reset()
+
+    def velocity_factor(self, y) -> int:
+        """The factor that turns a particle's gradient into its velocity, for particles
+        with labels ``y`` (``(n,)``): ``n`` for ``time_scaling="particle_average"`` (each
+        particle has mass ``1/n``).  Plain gradient descent with ``lr`` then advances the
+        flow by ``lr / factor``, so ``lr = time_step * factor`` (`dsflow.units`)."""
+        if self.time_scaling != "particle_average":
+            raise ValueError(f"{type(self).__name__}: time_scaling={self.time_scaling!r} is not one of "
+                             f"{TIME_SCALINGS}; override velocity_factor for it")
+        return int(y.shape[0])
 
     def __add__(self, other: "Functional") -> "WeightedSum":
         return WeightedSum({self.name: self, other.name: other})
@@ -82,6 +123,20 @@ class WeightedSum(Functional):
             fn.name = str(key)
             self.terms[str(key)] = fn
             self.weights[str(key)] = w
+        scalings = {k: f.time_scaling for k, f in self.terms.items()}
+        if len(set(scalings.values())) > 1:
+            raise ValueError(f"WeightedSum: the terms' gradients have different time scalings {scalings}: a sum "
+                             "of them has no single velocity; combine terms of one scaling")
+
+    @property
+    def time_scaling(self) -> str:  # type: ignore[override]
+        return next(iter(self.terms.values())).time_scaling
+
+    def velocity_factor(self, y) -> int:
+        return next(iter(self.terms.values())).velocity_factor(y)
+
+    def parts(self) -> Mapping[str, Functional]:
+        return dict(self.terms)
 
     @property
     def temperature(self) -> float:  # type: ignore[override]
@@ -99,20 +154,20 @@ class WeightedSum(Functional):
 
     def check(self, state: ParticleState) -> None:
         for f in self.terms.values():
-            if hasattr(f, "check"):
-                f.check(state)
+            f.check(state)
 
     def reset(self) -> None:
         for f in self.terms.values():
             f.reset()
 
     def state_dict(self) -> dict:
-        """The parts' resumable state (e.g. OTDD warm starts), keyed by term name."""
-        return {k: f.state_dict() for k, f in self.terms.items() if hasattr(f, "state_dict")}
+        """The parts' resumable state (e.g. OTDD warm starts), keyed by term name; parts
+        without any (an empty `state_dict`) are left out."""
+        return {k: sd for k, sd in ((k, f.state_dict()) for k, f in self.terms.items()) if sd}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: Mapping) -> None:
         for k, sub in state.items():
-            if k in self.terms and hasattr(self.terms[k], "load_state_dict"):
+            if k in self.terms:
                 self.terms[k].load_state_dict(sub)
 
     def evaluate(self, state: ParticleState):
