@@ -1,20 +1,19 @@
-"""Run orchestration: config -> datasets -> particles -> flow -> outputs.
+"""Run orchestration: config -> datasets -> task -> particles -> flow -> outputs.
 
-`run(cfg)` executes a list of *stages*, each a function ``stage(ctx: RunContext)`` that
-reads and fills the shared `RunContext`:
+`run(cfg)` executes a list of *stages*, each a function ``stage(ctx: RunContext)``:
 
-``setup`` (seed, device, dtype) -> ``load_data`` (source, target, checks) ->
-``prepare_source`` (hold-out split, pseudo-labels: `dsflow.oracle.pipeline`) -> ``build``
-(objective, dynamics, optimizer, particles) -> ``extension`` (``oracle.stage`` from the
-config, if any) -> ``flow`` (the particle loop with metric/progress callbacks) -> ``save``
-(``flowed.npz``) -> ``after_flow`` hooks -> ``plots``.
+``setup`` (seed, device, dtype, the run's task from ``cfg.task``) -> ``load_data`` (source,
+target, checks) -> ``prepare`` (the task's ``prepare``: e.g. holdout, pseudo-labels) ->
+``build`` (objective, dynamics, optimizer, particles) -> ``start`` (the task's ``start``: flow
+callbacks, e.g. the oracle monitor) -> ``flow`` (the particle loop with metric/progress
+callbacks) -> ``save`` (``flowed.npz``) -> ``finish`` (the task's ``finish``: its results and
+figures) -> ``plots``.
 
-An extension stage (e.g. the oracle's) may append flow callbacks ``(step, record, state)``
-to ``ctx.callbacks`` (called before the metrics logger, so what they write into the
-record, e.g. the oracle's ``accuracy``, reaches ``metrics.jsonl``), functions ``fn(ctx)`` to
-``ctx.after_flow`` (run once the flowed data
-is saved), and figures to ``ctx.images``; whatever it puts in ``ctx.summary`` lands in
-``summary.json``.
+Every task (`dsflow.tasks.base.Task`: ``flow``, ``repurpose``, or one of your own named by a
+config's ``_target_``) runs through the same stages, and only the app writes outputs: a
+task's hooks return a `dsflow.tasks.TaskOutput` (the source to flow, callbacks, summary
+facts, figure-drawing functions) that `apply_task_output` merges into the run.  Adding a
+task edits nothing here (docs/extending.md).
 
 Outputs in the run directory: ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``summary.json`` (written also when the run fails, with ``status: failed``),
@@ -206,15 +205,12 @@ class RunContext:
     trajectory: dict = field(default_factory=dict)  # trajectory arrays for flowed.npz and plots
     flowed: Any = None  # LabeledData of the final particles
     records: list = field(default_factory=list)  # metrics rows, as written
-    callbacks: list = field(default_factory=list)  # extra flow callbacks (step, record, state)
-    after_flow: list = field(default_factory=list)  # fn(ctx) run after the flowed data is saved
+    task: Any = None  # the run's dsflow.tasks.Task
+    callbacks: list = field(default_factory=list)  # extra flow callbacks (step, record, state), from the task
     images: dict = field(default_factory=dict)  # figure name -> path
     files: dict = field(default_factory=dict)  # output name -> path
     summary: dict = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
-    holdout: Any = None  # LabeledData kept out of the flow (``holdout``), for the push-forward map
-    source_true_y: Any = None  # the source's true labels (differ from source.y with pseudo-labels)
-    pushforward: Any = None  # fitted push-forward map (``pushforward.enabled``)
     threads_before: Any = None  # torch's CPU thread count before ``threads`` changed it
     signals: Any = None  # dsflow.flow.interrupt.StopSignals of the run (SIGINT/SIGTERM)
 
@@ -243,6 +239,29 @@ def stage_setup(ctx: RunContext) -> None:
         ctx.threads_before = torch.get_num_threads()
         torch.set_num_threads(int(threads))
         ctx.summary["threads"] = int(threads)
+    from dsflow.tasks.base import build_task
+
+    ctx.task = build_task(cfg)
+    ctx.summary.update(task=ctx.task.name, task_class=f"{type(ctx.task).__module__}.{type(ctx.task).__qualname__}")
+
+
+def apply_task_output(ctx: RunContext, out) -> None:
+    """Merge what a task hook returned into the run: the source to flow, flow callbacks,
+    summary facts, figures (drawn here into ``RUN_DIR/NAME.png`` when ``plot`` is on: the app
+    alone writes outputs) and a text block for the log."""
+    if out is None:
+        return
+    if out.source is not None:
+        ctx.source = out.source
+    ctx.callbacks.extend(out.callbacks)
+    ctx.summary.update(out.summary)
+    if out.figures and ctx.cfg.get("plot", True):
+        for name, draw in out.figures.items():
+            path = ctx.run_dir / f"{name}.png"
+            draw(path)
+            ctx.images[name] = path
+    if out.text:
+        log.info("%s", out.text)
 
 
 def stage_load_data(ctx: RunContext) -> None:
@@ -255,13 +274,9 @@ def stage_load_data(ctx: RunContext) -> None:
     log.info("source %s | target %s", ctx.source, ctx.target)
 
 
-def stage_prepare_source(ctx: RunContext) -> None:
-    """Hold out part of the source (``holdout``) and, with ``source_labels=pseudo``, replace
-    its labels by aligned k-means pseudo-labels before the particles are built (the true
-    labels stay in ``ctx.source_true_y`` for evaluation).  See `dsflow.oracle.pipeline`."""
-    from dsflow.oracle.pipeline import stage_prepare_source as prepare
-
-    prepare(ctx)
+def stage_prepare(ctx: RunContext) -> None:
+    """The task's ``prepare``, before the particles are built (it may change what flows)."""
+    apply_task_output(ctx, ctx.task.prepare(ctx))
 
 
 def stage_build(ctx: RunContext) -> None:
@@ -329,14 +344,9 @@ def singleton_override(cfg) -> str:
     return f"{'' if present else '+'}{path}.allow_singletons=true"
 
 
-def stage_extension(ctx: RunContext) -> None:
-    """Run ``oracle.stage`` (a dotted path to ``fn(ctx)``) when the oracle config names one."""
-    oracle = ctx.cfg.get("oracle") or {}
-    path = oracle.get("stage") if hasattr(oracle, "get") else None
-    if path:
-        from hydra.utils import get_method
-
-        get_method(str(path))(ctx)
+def stage_start(ctx: RunContext) -> None:
+    """The task's ``start``, once the particles are built: its flow callbacks and summary."""
+    apply_task_output(ctx, ctx.task.start(ctx))
 
 
 class _MetricsCallback:
@@ -381,9 +391,11 @@ def flow_options(ctx: RunContext) -> dict:
 
 #: Config keys that do not change the particles' trajectory: left out of `flow_fingerprint`,
 #: so a resume may change them freely (``steps`` to extend a flow, logging, plots, threads,
-#: the device, what runs after the flow).
+#: the device, the oracle).  In ``task``, the task class's ``after_flow_options`` are left
+#: out too (e.g. ``task.pushforward``); the rest of ``task`` is in (``task.holdout``,
+#: ``task.source_labels``, ``task.pseudo_labels``: they change what flows).
 FINGERPRINT_EXCLUDED = ("steps", "progress", "plot", "logger", "name", "threads", "device", "output_dir",
-                        "overwrite", "oracle", "pushforward")
+                        "overwrite", "oracle")
 FINGERPRINT_EXCLUDED_FLOW = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints", "resume",
                              "resume_ignore_config", "trajectory_every", "trajectory_dtype", "trajectory_path",
                              "evaluate_final", "progress")
@@ -391,8 +403,8 @@ FINGERPRINT_EXCLUDED_FLOW = ("checkpoint_every", "checkpoint_dir", "keep_checkpo
 
 def flow_fingerprint(cfg) -> dict:
     """The fingerprint (`dsflow.flow.checkpoint.fingerprint`) of every config key that
-    determines the flow: the whole resolved config except `FINGERPRINT_EXCLUDED` (top level)
-    and `FINGERPRINT_EXCLUDED_FLOW` (in ``flow``), flattened to dotted keys
+    determines the flow: the whole resolved config except `FINGERPRINT_EXCLUDED` (top level),
+    `FINGERPRINT_EXCLUDED_FLOW` (in ``flow``) and the task's ``after_flow_options`` (in ``task``), flattened to dotted keys
     (``optimizer.lr``, ``source.seed``, ``functional.entreg``, ``seed``, ``dtype``, ...).
     A key not listed is in, so a new option is protected by default.  The engine stores it in
     every checkpoint and refuses a resume under a different one (``flow.resume_ignore_config``)."""
@@ -400,6 +412,11 @@ def flow_fingerprint(cfg) -> dict:
 
     config = {k: v for k, v in plain_config(cfg).items() if k not in FINGERPRINT_EXCLUDED and k != "hydra"}
     config["flow"] = {k: v for k, v in dict(config.get("flow") or {}).items() if k not in FINGERPRINT_EXCLUDED_FLOW}
+    if isinstance(config.get("task"), dict):
+        from dsflow.tasks.base import task_class
+
+        after = task_class(cfg).after_flow_options
+        config["task"] = {k: v for k, v in config["task"].items() if k not in after}
     flat: dict[str, Any] = {}
 
     def walk(node, prefix):
@@ -519,9 +536,9 @@ def stage_save(ctx: RunContext) -> None:
         ctx.summary["trajectory_arrays"] = {k: list(v.shape) for k, v in extra.items()}
 
 
-def stage_after_flow(ctx: RunContext) -> None:
-    for fn in ctx.after_flow:
-        fn(ctx)
+def stage_finish(ctx: RunContext) -> None:
+    """The task's ``finish``, once the flowed data are saved: its results and figures."""
+    apply_task_output(ctx, ctx.task.finish(ctx))
 
 
 def stage_plots(ctx: RunContext) -> None:
@@ -573,12 +590,12 @@ def _trajectory_plots(ctx: RunContext) -> None:
 DEFAULT_STAGES: tuple[Stage, ...] = (
     stage_setup,
     stage_load_data,
-    stage_prepare_source,
+    stage_prepare,
     stage_build,
-    stage_extension,
+    stage_start,
     stage_flow,
     stage_save,
-    stage_after_flow,
+    stage_finish,
     stage_plots,
 )
 
@@ -600,7 +617,10 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
     from dsflow.loggers import build_loggers
     from dsflow.rundir import check_previous_run, check_writable, clear_previous_run
 
+    from dsflow.tasks.base import task_class
+
     check_run_config(cfg)  # types of steps, seed, optimizer.lr, ...: before anything runs
+    task_class(cfg).check_config(cfg)  # the task's own options (e.g. task.holdout)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
     if run_dir is None:
         if cfg.get("output_dir"):

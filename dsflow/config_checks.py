@@ -112,6 +112,32 @@ def check_optimizer_config(optimizer, *, lr_optional: bool = False) -> None:
         )
 
 
+#: Run-level keys that moved into a task's config: old key -> new key.  The re-purposing
+#: options belong to the repurpose task since tasks exist (configs/task/repurpose.yaml).
+MOVED_KEYS = {
+    "holdout": "task.holdout",
+    "source_labels": "task.source_labels",
+    "pseudo_labels": "task.pseudo_labels",
+    "pushforward": "task.pushforward",
+}
+
+
+def moved_key_message(key: str, value: Any = None) -> str:
+    """The fix for a key given under its old spelling (e.g. ``holdout=0.2``)."""
+    new = MOVED_KEYS[key]
+    example = f"{new}={_shown(value)}" if value is not None and not hasattr(value, "keys") else f"{new}.<option>=..."
+    return (f"{key} is now {new} (an option of the repurpose task, configs/task/repurpose.yaml): "
+            f"use {example} with task=repurpose (the re-purposing experiments select it)")
+
+
+def check_moved_keys(cfg) -> None:
+    """Refuse the old top-level spellings of task options with the new key (a config written
+    before tasks, or ``+holdout=...`` on the command line)."""
+    for key in MOVED_KEYS:
+        if key in cfg:
+            raise ConfigValueError(moved_key_message(key, cfg[key]))
+
+
 def check_run_config(cfg) -> None:
     """Types of the top-level keys of a `dsflow` run and of ``optimizer.*`` (see module doc)."""
     check_int(cfg, "seed", example="seed=0")
@@ -119,7 +145,7 @@ def check_run_config(cfg) -> None:
     check_int(cfg, "threads", minimum=1, optional=True, example="threads=1")
     for key in ("progress", "plot", "overwrite"):
         check_bool(cfg, key)
-    check_number(cfg, "holdout", minimum=0, example="holdout=0.2")
+    check_moved_keys(cfg)
     check_number(cfg, "time_step", positive=True, optional=True, example="time_step=0.05")
     check_optimizer_config(cfg.get("optimizer"), lr_optional=cfg.get("time_step") is not None)
 

@@ -13,11 +13,15 @@ Outputs (written into the sweep directory unless ``out`` is given):
   interrupted (SIGINT/SIGTERM: ``status: interrupted``, with the steps completed) and
   unfinished (``status: running``: still running, or killed with ``kill -9``; the steps
   completed are then counted in its ``metrics.jsonl``);
-* ``table1.md``: for ``nist_to_mnist`` sweeps, the paper's Table 1 layout (rows: before the
+* the tables each run's task owns (`dsflow.tasks.base.Task.tables`), one file per table: e.g.
+  ``table1.md`` from the ``repurpose`` task, the paper's Table 1 layout (rows: before the
   flow, supervised flow, unsupervised flow; columns: source datasets), with the paper's
-  numbers next to ours.
+  numbers next to ours.  A run names its task class in ``summary.json`` (``task_class``);
+  runs written before tasks existed count as ``repurpose`` when they report
+  ``source_labels``.
 
-Only the standard library is needed for the tables; matplotlib is imported for plots.
+Only the standard library (and the task modules, which import torch lazily) is needed for
+the tables; matplotlib is imported for plots.
 """
 
 from __future__ import annotations
@@ -39,15 +43,6 @@ METRICS = (
     "objective_after",
     "wall_time",
 )
-
-#: Table 1 of Alvarez-Melis & Fusi (2021): MNIST LeNet-5 accuracy (%) on 5K samples.
-PAPER_TABLE1 = {
-    "usps": {"before": 77.1, "supervised": 99.1, "unsupervised": 66.4},
-    "kmnist": {"before": 5.05, "supervised": 99.2, "unsupervised": 59.2},
-    "fashion_mnist": {"before": 8.22, "supervised": 99.1, "unsupervised": 54.9},
-    "emnist": {"before": 3.62, "supervised": 36.7, "unsupervised": 20.7},
-}
-
 
 @dataclass
 class RunRecord:
@@ -227,70 +222,36 @@ def plot_metric_vs_setting(runs: list[RunRecord], metric: str, setting: str, pat
     return path
 
 
-def table1(runs: list[RunRecord]) -> str | None:
-    """The paper's Table 1 layout for ``nist_to_mnist`` runs, or None if there are none.
+#: The task class of runs written before tasks existed, by a key only its summaries have.
+LEGACY_TASKS = (("source_labels", "dsflow.tasks.repurpose.RepurposeTask"),)
 
-    A cell holds the best ``accuracy_after`` over the runs with that source dataset and
-    label mode (``source_labels=true`` -> supervised, ``pseudo`` -> unsupervised); the row
-    "before" is the mean ``accuracy_before``.  Accuracies are shown in percent.
-    """
-    cells: dict[str, dict[str, list[float]]] = {}
+
+def task_tables(runs: list[RunRecord]) -> dict[str, str]:
+    """``{file stem: markdown}``: the tables of every task that ran in ``runs``, each asked
+    for over its own runs (`dsflow.tasks.base.Task.tables`)."""
+    from hydra.utils import get_class
+
+    by_task: dict[str, list[RunRecord]] = {}
     for r in runs:
-        if r.status != "ok":
+        name = r.summary.get("task_class")
+        if name is None:
+            name = next((cls for key, cls in LEGACY_TASKS if key in r.summary), None)
+        if name is not None:
+            by_task.setdefault(str(name), []).append(r)
+    tables: dict[str, str] = {}
+    for name, task_runs in by_task.items():
+        try:
+            cls = get_class(name)
+        except Exception as err:  # noqa: BLE001 - a task module that is gone must not stop the report
+            tables[f"missing_task_{name.rsplit('.', 1)[-1]}"] = (
+                f"The runs of task {name} ({len(task_runs)}) have no tables: its class cannot be imported ({err}).\n")
             continue
-        source = r.choices.get("dataset@source") or r.summary.get("source")
-        if source is None:
-            continue
-        exp = r.choices.get("experiment") or r.summary.get("experiment")
-        if exp is not None and not str(exp).startswith("nist_to_mnist"):  # also nist_to_mnist_test_splits
-            continue
-        mode = str(r.summary.get("source_labels", r.overrides.get("source_labels", "true"))).lower()
-        row = "unsupervised" if mode == "pseudo" else "supervised"
-        c = cells.setdefault(str(source), {})
-        pairs = [("before", "accuracy_before"), (row, "accuracy_after")]
-        if row == "unsupervised":  # the paper's protocol: clusters matched to the true labels
-            pairs.append(("unsupervised_ideal", "accuracy_ideal_matching"))
-        for key, metric in pairs:
-            v = _to_number(r.summary.get(metric))
-            if v is not None:
-                c.setdefault(key, []).append(v)
-    if not cells:
-        return None
-    datasets = sorted(cells, key=lambda s: (list(PAPER_TABLE1).index(s) if s in PAPER_TABLE1 else 99, s))
-    header = ["", *[f"{d} (ours)" for d in datasets], *[f"{d} (paper)" for d in datasets if d in PAPER_TABLE1]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    labels = {
-        "before": "Original (before flow)",
-        "supervised": "Flowed (supervised)",
-        "unsupervised": "Flowed (unsupervised, clusters aligned without labels)",
-        "unsupervised_ideal": "Flowed (unsupervised, idealised matching as in the paper)",
-    }
-    for key, label in labels.items():
-        ours = []
-        for d in datasets:
-            vals = cells[d].get(key)
-            if not vals:
-                ours.append("")
-            else:
-                v = sum(vals) / len(vals) if key == "before" else max(vals)
-                ours.append(f"{100 * v:.1f}")
-        paper_key = "unsupervised" if key == "unsupervised_ideal" else key
-        paper = [
-            ("" if key == "unsupervised" else f"{PAPER_TABLE1[d][paper_key]:g}")
-            for d in datasets if d in PAPER_TABLE1
-        ]
-        lines.append("| " + " | ".join([label, *ours, *paper]) + " |")
-    note = (
-        "\nAccuracy (%) of the frozen oracle. Flowed cells: best run of the sweep for that source "
-        "dataset; 'before': mean over runs. The paper's unsupervised row permutes the pseudo-labels "
-        "to match the true labels (its appendix C), i.e. our 'idealised matching' row; the row "
-        "above it is the bona-fide number (clusters aligned to the target without true labels).\n"
-    )
-    return "\n".join(lines) + "\n" + note
+        tables.update(cls.tables(task_runs))
+    return tables
 
 
 def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True) -> dict[str, Path]:
-    """Write report.csv, report.md, plots and (when applicable) table1.md. Returns the paths."""
+    """Write report.csv, report.md, plots and the tables of the runs' tasks (e.g. table1.md). Returns the paths."""
     runs = find_runs(root)
     out_dir = Path(out) if out is not None else Path(root)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -328,11 +289,10 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     if warned:
         md.append("\n## Warnings\n")
         md += [f"- `{r.path.name}`: {w}\n" for r in warned for w in r.summary["warnings"]]
-    t1 = table1(runs)
-    if t1:
-        (out_dir / "table1.md").write_text("# Table 1 (Alvarez-Melis & Fusi 2021 layout)\n\n" + t1)
-        written["table1"] = out_dir / "table1.md"
-        md.append("\n## Table 1 layout\n\n" + t1)
+    for stem, table in task_tables(runs).items():
+        (out_dir / f"{stem}.md").write_text(table)
+        written[stem] = out_dir / f"{stem}.md"
+        md.append("\n## " + table.lstrip("# ").split("\n", 1)[0] + "\n\n" + table.split("\n", 1)[-1].lstrip("\n"))
     if plots:
         metric_names = [m for m in METRICS if m in header]
         for setting in swept_keys(runs):
@@ -356,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dsflow-report",
         description="Summarise a dsflow run or sweep directory into report.md/report.csv, plots "
-        "and, for nist_to_mnist sweeps, the paper's Table 1 layout.",
+        "and the tables of the runs' tasks (re-purposing runs: the paper's Table 1 layout).",
     )
     parser.add_argument("directory", help="a multirun directory (e.g. outputs/multirun/DATE/TIME) or a run dir")
     parser.add_argument("--out", default=None, help="where to write the report (default: the directory itself)")

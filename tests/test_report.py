@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from dsflow.report import find_runs, main, swept_keys, table1, write_report
+from dsflow.report import find_runs, main, swept_keys, write_report
+from dsflow.tasks.repurpose import table1
 
 
 def _job(root, num, overrides, summary, choices=None):
@@ -101,3 +102,17 @@ def test_interrupted_and_killed_runs_are_reported_with_their_steps(tmp_path):
         rows = list(csv.DictReader(f))
     assert [(r["status"], r["steps_done"], r["steps"]) for r in rows] == [
         ("ok", "40", "40"), ("interrupted", "6", "100000"), ("running", "3", "500")]
+
+
+def test_table1_is_the_repurpose_tasks_table(tmp_path):
+    """dsflow-report asks each run's task for its tables: Table 1 comes from the repurpose
+    task (named by task_class, or by source_labels in summaries written before tasks)."""
+    root = tmp_path / "t"
+    _job(root, 0, [], {"status": "ok", "accuracy_before": 0.2, "accuracy_after": 0.99, "source_labels": "true",
+                       "task_class": "dsflow.tasks.repurpose.RepurposeTask"}, choices={"dataset@source": "digits_rotated"})
+    _job(root, 1, [], {"status": "ok", "accuracy_before": 0.7, "accuracy_after": 0.9, "source_labels": "true"})
+    _job(root, 2, [], {"status": "ok", "objective_after": 0.1, "task_class": "dsflow.tasks.flow.FlowTask"})
+    written = write_report(root, plots=False)
+    text = written["table1"].read_text()
+    assert "digits_rotated (ours)" in text and "usps (ours)" in text and "99.0" in text
+    assert "## Table 1" in written["markdown"].read_text()

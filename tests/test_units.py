@@ -115,7 +115,7 @@ def test_time_step_sets_lr_for_the_particles_that_flow(tmp_path):
     from dsflow.app import run
 
     cfg = _compose(["dataset@source=moons", "dataset@target=rings", "logger=none", "steps=1", "plot=false",
-                    "time_step=0.25", "source.n_samples=40", "holdout=10"])
+                    "time_step=0.25", "source.n_samples=40", "task=repurpose", "task.holdout=10"])
     summary = run(cfg, run_dir=tmp_path)
     assert summary["n"] == 30  # 10 of the 40 held out: lr follows the particles that flow
     assert summary["lr"] == pytest.approx(0.25 * 30)

@@ -151,7 +151,6 @@ def get_oracle(
     image_shape=None,
     classes=None,
     name: str | None = None,
-    stage: str | None = None,
     correspondence="auto",
 ) -> Oracle:
     """A frozen oracle from a checkpoint, the cache, or by training (config ``oracle/``).

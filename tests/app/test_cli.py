@@ -173,9 +173,9 @@ def test_cfg_job_shows_the_config_the_run_writes(tmp_path, args):
     """`dsflow --cfg job --resolve` prints exactly the config.yaml that `dsflow` writes."""
     import yaml
 
-    args = [*args, "logger=none", "plot=false", "progress=false", "pushforward.enabled=false", "holdout=0"]
+    args = [*args, "logger=none", "plot=false", "progress=false", "task.pushforward.enabled=false", "task.holdout=0"]
     if "dataset@source=moons" in args:
-        args = [a for a in args if not a.startswith(("pushforward", "holdout"))]
+        args = [a for a in args if not a.startswith(("task.pushforward", "task.holdout"))]
     shown = run_cli(["--cfg", "job", "--resolve", *args], tmp_path, timeout=60)
     assert shown.returncode == 0, shown.stderr
     out = tmp_path / "run"

@@ -117,7 +117,7 @@ def test_second_run_into_the_same_dir_is_refused(tmp_path):
 
 def test_pushforward_is_validated_before_step_0(tmp_path):
     for override, expected in (("oracle=none", "oracle=none"),
-                               ("pushforward.architecture=bogus", "pushforward.architecture='bogus'")):
+                               ("task.pushforward.architecture=bogus", "pushforward.architecture='bogus'")):
         out = tmp_path / override.split("=")[0]
         # the demo (holdout 0.2, push-forward on, MLP oracle) with one thing wrong
         line = error_line(run_cli(["+experiment=default", override, "steps=2", "logger=none",

@@ -29,7 +29,7 @@ def compose_cfg(*overrides):
     ("+optimizer.momentum=fast", "optimizer.momentum='fast'"),
     ("threads=two", "threads='two'"),
     ("plot=maybe", "plot='maybe'"),
-    ("holdout=abc", "holdout='abc'"),
+    ("task=repurpose task.holdout=abc", "task.holdout='abc'"),  # the check moved with the key
     ("time_step=abc", "time_step='abc'"),
     ("time_step=-0.1", "time_step=-0.1"),
 ])
@@ -38,7 +38,7 @@ def test_bad_types_name_the_key_before_anything_runs(tmp_path, override, named):
         overrides = [override, "optimizer.lr=1"]
         check_run_config(compose_cfg(*overrides))
         return
-    cfg = compose_cfg(override)
+    cfg = compose_cfg(*override.split())
     with pytest.raises(ConfigValueError) as info:
         run(cfg, run_dir=tmp_path / "run")
     assert named in str(info.value) and "\n" not in str(info.value)
@@ -61,3 +61,18 @@ def test_a_number_given_as_a_string_says_how_to_decode_it(monkeypatch):
     cfg.seed = "${oc.decode:${oc.env:DSFLOW_TEST_SEED}}"  # the suggested fix works
     check_run_config(cfg)
     assert cfg.seed == 7
+
+
+@pytest.mark.parametrize("override,new", [
+    ("+holdout=0.2", "use task.holdout=0.2"),
+    ("+source_labels=pseudo", "use task.source_labels='pseudo'"),
+    ("+pushforward.enabled=true", "use task.pushforward.<option>=..."),
+    ("+pseudo_labels.k=3", "task.pseudo_labels"),
+])
+def test_old_top_level_repurpose_keys_name_their_new_key(tmp_path, override, new):
+    """The re-purposing options moved under the repurpose task (task.holdout, ...): a config or
+    command line that still spells them at the top level is refused with the new key."""
+    with pytest.raises(ConfigValueError) as info:
+        run(compose_cfg(override), run_dir=tmp_path / "run")
+    assert new in str(info.value) and "task=repurpose" in str(info.value)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -176,7 +176,7 @@ def test_the_oracle_accuracy_history_spans_the_resume(tmp_path):
     """After a resume the oracle monitor sees only the resumed steps; the summary's history
     still covers the whole flow, from the accuracies the checkpointed records carry."""
     demo = ["+experiment=default", "source.n_per_class=8", "target.n_per_class=8", "oracle.eval_every=1",
-            "pushforward.enabled=false", "holdout=0", "steps=6", "logger=none", "plot=false", "progress=false"]
+            "task.pushforward.enabled=false", "task.holdout=0", "steps=6", "logger=none", "plot=false", "progress=false"]
 
     def cfg(*more):
         with initialize_config_module("dsflow.configs", version_base="1.3"):

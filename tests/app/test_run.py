@@ -1,8 +1,6 @@
-"""`dsflow.app.run` in-process: outputs, failures recorded, extension stages."""
+"""`dsflow.app.run` in-process: outputs, failures recorded, custom stage lists (tasks: tests/tasks)."""
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -69,23 +67,6 @@ def test_bad_run_level_options_are_rejected(tmp_path):
         run(compose_cfg("dtype=float16"), run_dir=tmp_path / "a")
     with pytest.raises(ValueError, match="use auto, cpu, cuda or cuda:N"):
         run(compose_cfg("device=gpu"), run_dir=tmp_path / "b")
-
-
-def test_oracle_stage_hook_adds_callbacks_summary_and_after_flow(tmp_path, monkeypatch):
-    seen = {"steps": [], "after": None}
-
-    def stage(ctx):
-        ctx.callbacks.append(lambda step, record, state: seen["steps"].append(step))
-        ctx.after_flow.append(lambda c: seen.update(after=c.flowed.n))
-        ctx.summary["accuracy_before"] = 0.25
-
-    module = types.ModuleType("_dsflow_test_extension")
-    module.stage = stage
-    monkeypatch.setitem(sys.modules, "_dsflow_test_extension", module)
-    summary = run(compose_cfg("oracle.stage=_dsflow_test_extension.stage", "plot=false"), run_dir=tmp_path)
-    assert seen == {"steps": list(range(6)), "after": 30}
-    assert json.loads((tmp_path / "summary.json").read_text())["accuracy_before"] == 0.25
-    assert summary["status"] == "ok"
 
 
 def test_custom_stage_list(tmp_path):

@@ -15,7 +15,7 @@ def fake_experiment(experiment, root, cache, *overrides, steps=2):
     return [
         f"+experiment={experiment}", f"source.root={root}", f"target.root={root}", f"oracle.train.root={root}",
         "source.max_samples=null", "target.max_samples=null", f"steps={steps}", "oracle.epochs=1",
-        f"oracle.cache_dir={cache}", "oracle.eval_every=1", "pushforward.epochs=1", "pushforward.restarts=1",
+        f"oracle.cache_dir={cache}", "oracle.eval_every=1", "task.pushforward.epochs=1", "task.pushforward.restarts=1",
         # time step tau = lr / n = 0.1 with the ~30 particles of the fake files (the presets: 500 / 5000)
         "optimizer.lr=3",
         *overrides,

@@ -28,7 +28,7 @@ def _nist(nist_root, tmp_path, *overrides, steps=2):
 
 
 def test_nist_to_mnist_supervised_e2e(nist_root, tmp_path):
-    cfg = _nist(nist_root, tmp_path, "dataset@source=usps", "holdout=0.25", "pushforward.enabled=true")
+    cfg = _nist(nist_root, tmp_path, "dataset@source=usps", "task.holdout=0.25", "task.pushforward.enabled=true")
     summary = run(cfg, run_dir=tmp_path / "run")
     assert summary["status"] == "ok" and summary["source_labels"] == "true"
     for key in (*ACCURACY_KEYS, "accuracy_pushforward", "accuracy_holdout_unmapped"):
@@ -52,7 +52,7 @@ def test_nist_to_mnist_supervised_e2e(nist_root, tmp_path):
 
 
 def test_nist_to_mnist_pseudo_labels_e2e(nist_root, tmp_path):
-    cfg = _nist(nist_root, tmp_path, "dataset@source=kmnist", "source_labels=pseudo", "plot=false")
+    cfg = _nist(nist_root, tmp_path, "dataset@source=kmnist", "task.source_labels=pseudo", "plot=false")
     summary = run(cfg, run_dir=tmp_path / "run")
     assert summary["status"] == "ok" and summary["source_labels"] == "pseudo"
     for key in (*ACCURACY_KEYS, "accuracy_ideal_matching", "accuracy_ideal_matching_before"):
@@ -71,9 +71,10 @@ def test_nist_to_mnist_pseudo_labels_e2e(nist_root, tmp_path):
 def test_pseudo_label_alignment_in_pipeline_uses_no_true_labels(tmp_path):
     """On separable data, pseudo-labels aligned to the target without true labels drive the
     flow; the true labels reach only the evaluation."""
-    from dsflow.app import RunContext
+    from types import SimpleNamespace
+
     from dsflow.data.container import LabeledData
-    from dsflow.oracle.pipeline import stage_prepare_source
+    from dsflow.tasks.repurpose import RepurposeTask
 
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
@@ -84,20 +85,20 @@ def test_pseudo_label_alignment_in_pipeline_uses_no_true_labels(tmp_path):
     target = LabeledData(x=x, y=y_true, name="tgt")
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"seed": 0, "source_labels": "pseudo", "holdout": 0.2,
-                            "pseudo_labels": {"k": None, "alignment": "hungarian", "cost": "means", "n_init": 10}})
-    ctx = RunContext(cfg=cfg, run_dir=tmp_path)
-    ctx.source, ctx.target = source, target
-    stage_prepare_source(ctx)
+    task = RepurposeTask(source_labels="pseudo", holdout=0.2,
+                         pseudo_labels={"k": None, "alignment": "hungarian", "cost": "means", "n_init": 10})
+    run = SimpleNamespace(cfg=OmegaConf.create({"seed": 0}), source=source, target=target)
+    out = task.prepare(run)
     # 20% held out per class, stratified by the true labels
-    assert ctx.holdout.n == 12 and torch.bincount(ctx.holdout.y - 7).tolist() == [4, 4, 4]
-    flow_source = ctx.source
-    assert flow_source.n == 48
+    assert task.holdout.n == 12 and torch.bincount(task.holdout.y - 7).tolist() == [4, 4, 4]
+    flow_source = out.source
+    assert flow_source.n == 48 and out.summary["holdout_n"] == 12 and out.summary["n"] == 48
     # pseudo-labels take the TARGET's values and recover the true grouping: cluster c of class
     # 7+j is aligned with target class j by nearest class means
-    assert torch.equal(flow_source.y, ctx.source_true_y - 7)
-    assert torch.equal(flow_source.meta["true_y"], ctx.source_true_y)
-    assert ctx.summary["pseudo_labels"]["cluster_accuracy_ideal"] == 1.0
+    assert torch.equal(flow_source.y, task.true_y - 7)
+    # the true labels travel one way: on the task, not in the flowed data
+    assert "true_y" not in flow_source.meta
+    assert out.summary["pseudo_labels"]["cluster_accuracy_ideal"] == 1.0
 
 
 def test_pseudo_label_alignment_against_brute_force(tmp_path):
@@ -105,7 +106,7 @@ def test_pseudo_label_alignment_against_brute_force(tmp_path):
     import itertools
 
     from dsflow.data.container import LabeledData
-    from dsflow.oracle.pipeline import pseudo_label_source
+    from dsflow.tasks.repurpose import pseudo_label_source
 
     g = torch.Generator().manual_seed(1)
     centres = torch.tensor([[0.0, 0.0], [4.0, 1.0], [1.0, 5.0]])
@@ -145,7 +146,7 @@ def test_frozen_oracle_weights_unchanged_by_a_whole_flow(nist_root, tmp_path, mo
 
     # the oracle config's _target_ is dsflow.models.get_oracle: Hydra finds the spy there
     monkeypatch.setattr(dsflow.models, "get_oracle", spy)
-    cfg = _nist(nist_root, tmp_path, "dataset@source=usps", "holdout=0.25", "pushforward.enabled=true",
+    cfg = _nist(nist_root, tmp_path, "dataset@source=usps", "task.holdout=0.25", "task.pushforward.enabled=true",
                 "plot=false", steps=3)
     summary = run(cfg, run_dir=tmp_path / "run")
     assert summary["status"] == "ok" and len(built) == 1
@@ -163,9 +164,9 @@ def test_frozen_oracle_weights_unchanged_by_a_whole_flow(nist_root, tmp_path, mo
 ])
 def test_cifar_experiments_run_on_fake_files(experiment, overrides, cifar_root, tmp_path):
     cfg = compose_cfg(*fake_experiment(experiment, cifar_root, tmp_path / "cache", "oracle.options.width=4",
-                                       "oracle.batch_size=16", "plot=false", "holdout=0.25",
-                                       "pushforward.enabled=true", "+pushforward.options.channels=[2,2]",
-                                       "+pushforward.options.hidden=[8,8,8,8,8]", *overrides))
+                                       "oracle.batch_size=16", "plot=false", "task.holdout=0.25",
+                                       "task.pushforward.enabled=true", "+task.pushforward.options.channels=[2,2]",
+                                       "+task.pushforward.options.hidden=[8,8,8,8,8]", *overrides))
     summary = run(cfg, run_dir=tmp_path / "run")
     assert summary["status"] == "ok" and summary["source"]["image_shape"] == [3, 32, 32]
     assert summary["oracle_correspondence"] is not None  # 2 (PCam) or 10 relabelled (STL-10) vs 10
@@ -184,7 +185,7 @@ def test_sweep_and_report_on_fake_files(nist_root, tmp_path):
     sweep = tmp_path / "sweep"
     overrides = fake_experiment("nist_to_mnist", nist_root, tmp_path / "cache", "plot=false")
     cmd = [sys.executable, "-c", "from dsflow.cli import main; main()", "-m", *overrides,
-           "functional.entreg=10,50", "source_labels=true,pseudo", f"hydra.sweep.dir={sweep}"]
+           "functional.entreg=10,50", "task.source_labels=true,pseudo", f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -207,7 +208,7 @@ def test_sweep_and_report_on_fake_files(nist_root, tmp_path):
 
 
 def test_small_clusters_merge_into_the_nearest_centre():
-    from dsflow.oracle.pipeline import merge_small_clusters
+    from dsflow.tasks.repurpose import merge_small_clusters
 
     x = torch.tensor([[0.0], [0.1], [5.0], [5.2], [4.0], [9.0]])
     centers = torch.tensor([[0.05], [5.1], [4.0], [9.0]])
@@ -225,7 +226,7 @@ def test_default_demo_variant_accuracy_after_beats_before(tmp_path):
     flow, +0.3 for the push-forward."""
     cfg = compose_cfg("+experiment=default", "source.n_per_class=30", "target.n_per_class=30", "steps=20",
                       "optimizer.lr=60", "oracle.epochs=15", f"oracle.cache_dir={tmp_path / 'cache'}",
-                      "pushforward.epochs=60")
+                      "task.pushforward.epochs=60")
     summary = run(cfg, run_dir=tmp_path / "run")
     assert summary["n"] == 240 and summary["holdout_n"] == 60
     assert summary["accuracy_after"] >= summary["accuracy_before"] + 0.5
@@ -237,7 +238,7 @@ def test_default_demo_variant_accuracy_after_beats_before(tmp_path):
 @pytest.mark.parametrize("source,loader", [("usps", "usps"), ("kmnist", "kmnist"), ("fashion_mnist", "fashion_mnist"),
                                            ("emnist", "emnist")])
 def test_nist_to_mnist_composes_with_paper_settings(source, loader):
-    cfg = compose_cfg("+experiment=nist_to_mnist", f"dataset@source={source}", "source_labels=pseudo")
+    cfg = compose_cfg("+experiment=nist_to_mnist", f"dataset@source={source}", "task.source_labels=pseudo")
     assert cfg.source._target_ == f"dsflow.data.{loader}" and cfg.target._target_ == "dsflow.data.mnist"
     assert cfg.oracle.architecture == "lenet5" and cfg.oracle.train._target_ == "dsflow.data.mnist"
     assert cfg.oracle.train.split == "train" and cfg.oracle.correspondence is True
@@ -247,24 +248,26 @@ def test_nist_to_mnist_composes_with_paper_settings(source, loader):
     assert cfg.paper["lambda"] == 100 and cfg.paper.step_size == pytest.approx(0.1)
     assert cfg.time_step == pytest.approx(0.05) and cfg.optimizer._target_ == "torch.optim.SGD"
     assert cfg.functional.entreg == pytest.approx(2 * 100 * 0.3081**2)
-    assert cfg.source_labels == "pseudo" and cfg.pseudo_labels.k is None
+    assert cfg.task.source_labels == "pseudo" and cfg.task.pseudo_labels.k is None
+    assert cfg.task._target_ == "dsflow.tasks.repurpose.RepurposeTask"
 
 
 def test_bad_source_labels_and_pushforward_without_holdout_fail_early(tmp_path):
+    from types import SimpleNamespace
+
     from omegaconf import OmegaConf
 
-    from dsflow.app import RunContext
     from dsflow.data.container import LabeledData
-    from dsflow.oracle.pipeline import stage_prepare_source
+    from dsflow.tasks.repurpose import RepurposeTask
 
     data = LabeledData(x=torch.randn(20, 2), y=torch.arange(20) % 2, name="d")
-    for cfg, message in (({"source_labels": "maybe"}, "source_labels=true"),
-                         ({"pushforward": {"enabled": True}, "holdout": 0}, "holdout=0.2"),
-                         ({"holdout": 1.5}, "fraction")):
-        ctx = RunContext(cfg=OmegaConf.create({"seed": 0, **cfg}), run_dir=tmp_path)
-        ctx.source, ctx.target = data, data
+    with pytest.raises(ValueError, match="task.source_labels=true"):
+        RepurposeTask(source_labels="maybe")
+    for options, message in (({"pushforward": {"enabled": True}, "holdout": 0}, "task.holdout=0.2"),
+                             ({"holdout": 1.5}, "fraction")):
+        run = SimpleNamespace(cfg=OmegaConf.create({"seed": 0}), source=data, target=data)
         with pytest.raises(ValueError, match=message):
-            stage_prepare_source(ctx)
+            RepurposeTask(**options).prepare(run)
 
 
 def test_threads_setting_applies_during_the_run_and_is_restored(tmp_path):
@@ -291,7 +294,7 @@ def test_ideal_alignment_is_the_papers_protocol_and_holdout_counts():
     """alignment="ideal" (appendix C) gives clusters the value of their best-matching TRUE
     label; on separable blobs that reproduces the true labels exactly."""
     from dsflow.data.container import LabeledData
-    from dsflow.oracle.pipeline import holdout_split, pseudo_label_source
+    from dsflow.tasks.repurpose import holdout_split, pseudo_label_source
 
     g = torch.Generator().manual_seed(2)
     centres = torch.tensor([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0], [8.0, 8.0]])
