@@ -23,10 +23,14 @@ before anything in it is executed.
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import re
 from pathlib import Path, PurePath
 from typing import Any
+
+log = logging.getLogger("dsflow")
 
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
 
@@ -257,9 +261,197 @@ def fingerprint_differences(old: dict | None, new: dict | None) -> dict[str, tup
             for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)}
 
 
+# ----------------------------------------------------------------------------- a flow's payload
+# What the engine saves and restores.  It lives here, next to the file format, so that the
+# particle loop (`dsflow.flow.engine`) only says *when* to save and *that* it resumes.
+PAYLOAD_VERSION = 2
+
+
+def rng_states(noise_generator) -> dict:
+    """Every generator a flow draws from: the noise generator, torch CPU/CUDA, numpy, python."""
+    import numpy as np
+    import torch
+
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "noise": None if noise_generator is None else noise_generator.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(states: dict, noise_generator) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if noise_generator is not None and states.get("noise") is not None:
+        noise_generator.set_state(states["noise"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def flow_payload(*, state, step: int, optimizer, scheduler, noise_generator, history: list, early_stop: dict,
+                 recorder, objective, fingerprint) -> dict[str, Any]:
+    """The checkpoint of a flow at ``step``: everything needed to continue it bit for bit."""
+    return {
+        "version": PAYLOAD_VERSION,
+        "state": {"tensors": {k: v.detach().cpu() for k, v in state.tensors().items()},
+                  "step": step, "meta": dict(state.meta)},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "rng": rng_states(noise_generator),
+        "history": history,
+        "early_stop": dict(early_stop),
+        "trajectory": None if recorder is None else recorder.state_dict(),
+        "objective": objective.state_dict(),
+        "fingerprint": fingerprint,
+    }
+
+
+def load_resume_checkpoint(checkpoint_dir) -> tuple[dict | None, Path | None, list[str]]:
+    """The newest intact checkpoint in ``checkpoint_dir``: ``(payload, path, skipped)``.
+
+    Corrupt files (truncated copies, a disk that filled up) are skipped with a warning
+    naming each one, and renamed to ``<name>.corrupt`` so they are neither tried again nor
+    mistaken for the newest checkpoint later; ``(None, None, [])`` when there is none at all;
+    `CheckpointError` when there are checkpoints but none is intact.  A file refused as
+    unsafe (`UnsafeCheckpointError`) stops the resume: it was planted, not damaged.
+    """
+    skipped: list[str] = []
+    reasons: list[str] = []
+    for path in reversed(list_checkpoints(checkpoint_dir)):
+        try:
+            return load_checkpoint(path), path, skipped
+        except CorruptCheckpointError as err:
+            reasons.append(str(err))
+            moved = path.with_name(path.name + ".corrupt")
+            try:
+                path.replace(moved)
+                where = f"renamed to {moved.name}"
+            except OSError:
+                where = "left in place"
+            skipped.append(str(path))
+            log.warning("skipping checkpoint %s (%s); trying the one before it", path, f"{err}; {where}")
+    if reasons:
+        raise CheckpointError(
+            f"cannot resume: no intact checkpoint in {checkpoint_dir} ({'; '.join(reasons)}). "
+            "Start afresh with flow.resume=false (or remove the damaged files)",
+            checkpoint_dir,
+        )
+    return None, None, skipped
+
+
+def describe_differences(differences: dict) -> str:
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items())
+
+
+def check_fingerprint(ckpt: dict, path, fingerprint, ignore: bool) -> dict:
+    """Differences between the checkpoint's config fingerprint and ``fingerprint``; raises
+    `CheckpointMismatchError` for any unless ``ignore``."""
+    if fingerprint is None:
+        return {}
+    old = ckpt.get("fingerprint")
+    if old is None:
+        log.warning("checkpoint %s records no config fingerprint (written by an older dsflow or "
+                    "without one): cannot check that the config is unchanged", path)
+        return {}
+    differences = fingerprint_differences(old, dict(fingerprint))
+    if not differences:
+        return {}
+    text = describe_differences(differences)
+    if not ignore:
+        raise CheckpointMismatchError(
+            f"cannot resume from {path}: the config differs from the checkpointed run's in "
+            f"{len(differences)} key(s) (checkpoint -> now): {text}. Resume with the checkpointed "
+            "values, start a new run (flow.resume=false, or another run directory), or set "
+            "flow.resume_ignore_config=true to continue the checkpointed particles under the new config",
+            differences,
+        )
+    log.warning("resuming from %s although the config changed (resume_ignore_config): %s; the "
+                "particles, RNG states and history are the checkpoint's, the optimizer and "
+                "schedule settings the new config's", path, text)
+    return differences
+
+
+def restore_state(state, saved: dict) -> None:
+    """Copy checkpointed tensors into ``state`` (fresh leaves for the moving tensors)."""
+    tensors = state.tensors()
+    for key, value in saved["tensors"].items():
+        current = tensors.get(key)
+        if current is None or tuple(current.shape) != tuple(value.shape):
+            raise ValueError(
+                f"cannot resume: checkpoint tensor {key!r} has shape {tuple(value.shape)} but the "
+                f"state has {None if current is None else tuple(current.shape)}; resume with the "
+                "same data and dynamics as the checkpointed run"
+            )
+        new = value.to(device=current.device, dtype=current.dtype)
+        if current.requires_grad:
+            new = new.detach().clone().requires_grad_(True)
+        state.set_tensor(key, new)
+    state.step = int(saved["step"])
+    state.meta = dict(saved["meta"])
+
+
+def load_optimizer_keeping_settings(opt, saved: dict) -> None:
+    """Load the optimizer's saved *state* (moments, step counts) under the current settings
+    (lr, betas, momentum, ... of the new config): the ``resume_ignore_config`` path.  A
+    different optimizer (other state keys) starts from a fresh state."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    saved_keys = [set(g) - {"params"} for g in saved.get("param_groups", [])]
+    if saved_keys != [set(g) for g in fresh]:
+        log.warning("the checkpoint's optimizer differs from the configured one: its state "
+                    "(moments, step counts) is not restored")
+        return
+    opt.load_state_dict(saved)
+    for group, settings in zip(opt.param_groups, fresh):
+        group.update(settings)
+
+
+def restore_run(ckpt: dict, *, optimizer, scheduler, start_step: int, changed_config: dict, noise_generator,
+                recorder, objective, dynamics) -> None:
+    """Put the optimizer, schedule, RNGs, trajectory and objective back where ``ckpt`` left
+    them (the state tensors are restored before the optimizer is built: `restore_state`).
+
+    With ``changed_config`` (``resume_ignore_config``) the optimizer keeps its moments under
+    the new settings and the new schedule is advanced to ``start_step``.  An objective saved
+    without resumable state restarts cold; under dynamics whose labels change it also drops
+    caches keyed on the labels.
+    """
+    if changed_config:  # resume_ignore_config: the new settings apply from here on
+        import warnings
+
+        load_optimizer_keeping_settings(optimizer, ckpt["optimizer"])
+        if scheduler is not None:  # the new schedule, at the step reached
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for _ in range(start_step):
+                    scheduler.step()
+    else:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_states(ckpt["rng"], noise_generator)
+    if recorder is not None:
+        if ckpt.get("trajectory") is None:
+            raise ValueError("cannot resume: the checkpointed run recorded no trajectory; resume with "
+                             "trajectory_every=0 or start afresh (flow.resume=false)")
+        recorder.load_state_dict(ckpt["trajectory"])
+    if ckpt.get("objective") is not None:
+        objective.load_state_dict(ckpt["objective"])
+    elif dynamics.variable_labels:
+        objective.reset()
+
+
 __all__ = [
     "save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints", "checkpoint_path",
     "checkpoint_step", "check_writable", "encode", "decode", "fingerprint", "fingerprint_differences",
     "CheckpointError", "CorruptCheckpointError", "UnsafeCheckpointError", "CheckpointMismatchError",
-    "SAFE_GLOBALS",
+    "SAFE_GLOBALS", "flow_payload", "load_resume_checkpoint", "check_fingerprint", "restore_state",
+    "restore_run", "rng_states", "set_rng_states", "load_optimizer_keeping_settings", "PAYLOAD_VERSION",
 ]

@@ -16,6 +16,13 @@ One step ``t`` (state ``z_t`` -> ``z_{t+1}``):
    checkpoints are written; early stopping and stop requests (``should_stop``: SIGINT/SIGTERM,
    see `dsflow.flow.interrupt`) are checked.
 
+The loop (`run_flow`) calls one step (`_FlowStep`) and does the bookkeeping around it; the
+rules around the optimizer step (clipping, noise, box) live in `dsflow.flow.rules`, the
+divergence checks in `dsflow.flow.divergence`, and the checkpoint payload and resume in
+`dsflow.flow.checkpoint`.  The engine reads the objective only through the `Functional`
+interface (``evaluate``, ``parts``, ``temperature``, ``reset``, ``state_dict``,
+``velocity_factor``) and the dynamics through `Dynamics`.
+
 A linear-algebra failure inside a step (``torch.linalg.LinAlgError``, an eigensolver that
 does not converge on particles thrown far away) is a divergence like a NaN: both mean the
 step size was too large for the particles, and both raise `FlowDivergedError` with the last
@@ -27,16 +34,18 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
+from dsflow.flow.divergence import (DIVERGENCE_HINT, RISE_FACTOR, DivergenceGuard, FlowDivergedError,
+                                    is_linalg_failure, objective_rose)
 from dsflow.flow.dynamics_base import Dynamics
-from dsflow.state import ParticleState
+from dsflow.flow.rules import Box, BrownianNoise, GradientClip, clip_gradients, plain
 from dsflow.functionals.base import Functional
+from dsflow.state import ParticleState
 
 STOP_STEPS = "steps"
 STOP_EARLY = "early_stop"
@@ -45,12 +54,8 @@ STOP_INTERRUPTED = "interrupted"
 
 log = logging.getLogger("dsflow")
 
-#: The advice every divergence message ends with (config keys of the app, parameters of run_flow).
-DIVERGENCE_HINT = "try a smaller lr (optimizer.lr) or gradient clipping (flow.grad_clip)"
-
-#: `objective_rose`: a flow is flagged as diverging when its objective ends more than this many
-#: times its initial magnitude above where it started.
-RISE_FACTOR = 10.0
+#: The old private name (tests and callers); the check lives in `dsflow.flow.divergence`.
+_is_linalg_failure = is_linalg_failure
 
 
 @dataclass
@@ -107,40 +112,7 @@ class FlowResult:
         return None if self.trajectory is None else load_trajectory(self.trajectory)
 
 
-class FlowDivergedError(RuntimeError):
-    """The objective or its gradient became NaN/Inf, or a linear-algebra routine failed on
-    the particles (``part="linalg"``).
-
-    Attributes: ``step``, ``part`` (name of the offending functional term, ``"update"``
-    when finite gradients produced non-finite particles, ``"linalg"`` for an eigensolver or
-    Cholesky failure), ``last_state``
-    (detached copy of the last finite `ParticleState`), ``history`` (records of the steps
-    completed before), ``trajectory``/``trajectory_steps`` (frames recorded so far).
-    """
-
-    def __init__(self, message: str, *, step: int, part: str, last_state: ParticleState,
-                 history: list[dict], trajectory=None, trajectory_steps=None):
-        super().__init__(message)
-        self.step = step
-        self.part = part
-        self.last_state = last_state
-        self.history = history
-        self.trajectory = trajectory
-        self.trajectory_steps = list(trajectory_steps or [])
-
-
 # ----------------------------------------------------------------------------- options
-def _plain(value):
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
-
-
 def make_scheduler(optimizer, schedule, steps: int):
     """A torch LR scheduler from ``schedule`` (stepped once per flow step), or ``None``.
 
@@ -154,7 +126,7 @@ def make_scheduler(optimizer, schedule, steps: int):
     """
     import torch
 
-    schedule = _plain(schedule)
+    schedule = plain(schedule)
     if schedule is None:
         return None
     if isinstance(schedule, str):
@@ -182,61 +154,6 @@ def make_scheduler(optimizer, schedule, steps: int):
     raise ValueError(f"unknown schedule {name!r}; choose none, step, exponential or cosine")
 
 
-def _parse_clip(grad_clip):
-    """``None`` or ``(max_norm, mode)`` with mode ``"global"`` or ``"per_particle"``."""
-    grad_clip = _plain(grad_clip)
-    if grad_clip is None:
-        return None
-    if isinstance(grad_clip, (int, float)):
-        max_norm, mode = float(grad_clip), "global"
-    elif isinstance(grad_clip, Mapping):
-        unknown = set(grad_clip) - {"max_norm", "mode"}
-        if unknown or "max_norm" not in grad_clip:
-            raise ValueError(f"grad_clip must be {{max_norm: float, mode: global|per_particle}}, got {grad_clip!r}")
-        max_norm, mode = float(grad_clip["max_norm"]), str(grad_clip.get("mode", "global"))
-    else:
-        raise ValueError(f"grad_clip must be null, a number or a mapping, got {grad_clip!r}")
-    if mode not in ("global", "per_particle"):
-        raise ValueError(f"grad_clip mode must be 'global' or 'per_particle', got {mode!r}")
-    if not max_norm > 0:
-        raise ValueError(f"grad_clip max_norm must be > 0, got {max_norm}")
-    return max_norm, mode
-
-
-def _parse_box(box):
-    box = _plain(box)
-    if box is None:
-        return None
-    if not isinstance(box, Sequence) or len(box) != 2:
-        raise ValueError(f"box must be [lo, hi] (either may be null), got {box!r}")
-    lo, hi = (None if b is None else float(b) for b in box)
-    if lo is not None and hi is not None and not lo < hi:
-        raise ValueError(f"box: lo must be < hi, got [{lo}, {hi}]")
-    return lo, hi
-
-
-def clip_gradients(params: Sequence, max_norm: float, mode: str) -> None:
-    """Clip gradients in place.
-
-    ``global``: rescale all gradients together so their joint L2 norm is <= ``max_norm``.
-    ``per_particle``: rescale each row of each parameter (a particle's features, a
-    particle's or a class's Gaussian) to L2 norm <= ``max_norm``.
-    """
-    import torch
-
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    if mode == "global":
-        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
-        return
-    for g in grads:
-        rows = g.reshape(g.shape[0], -1)
-        norms = torch.linalg.vector_norm(rows, dim=1)
-        factor = (max_norm / (norms + 1e-12)).clamp(max=1.0)
-        g.mul_(factor.view(-1, *([1] * (g.ndim - 1))))
-
-
 def _grad_norm(params):
     """Global L2 norm (float64, no overflow for large finite values) of the gradients."""
     import torch
@@ -245,27 +162,6 @@ def _grad_norm(params):
     if not norms:
         return 0.0
     return float(torch.linalg.vector_norm(torch.stack(norms)))
-
-
-def _offending_gradient_part(objective, state, params) -> str:
-    """Name of the first term of ``objective`` whose gradient is not finite."""
-    import torch
-
-    terms = getattr(objective, "terms", None)
-    if not isinstance(terms, Mapping):
-        return getattr(objective, "name", "objective")
-    for name, fn in terms.items():
-        try:
-            with torch.enable_grad():
-                v = fn(state)
-                if not v.requires_grad:
-                    continue
-                gs = torch.autograd.grad(v, params, allow_unused=True)
-        except Exception:  # noqa: BLE001 - diagnosis only; the flow already failed
-            return name
-        if any(g is not None and not bool(torch.isfinite(g).all()) for g in gs):
-            return name
-    return getattr(objective, "name", "objective")
 
 
 class _StateBackup:
@@ -291,179 +187,90 @@ class _StateBackup:
         import torch
 
         with torch.no_grad():
+            tensors = state.tensors()
             for k, buf in self.buffers.items():
-                v = getattr(state, k)
+                v = tensors[k]
                 if v.requires_grad:
                     v.copy_(buf)
                 else:
-                    setattr(state, k, buf.clone())
+                    state.set_tensor(k, buf.clone())
         state.step = self.step
 
 
-def _rng_states(noise_gen) -> dict:
-    import numpy as np
-    import torch
+class _EarlyStop:
+    """``|F_t - F_{t-1}| <= rtol |F_{t-1}|`` for ``patience`` consecutive steps.  ``counters``
+    (``prev``, ``count``) is what checkpoints store."""
 
-    out = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "noise": None if noise_gen is None else noise_gen.get_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
+    def __init__(self, rtol: float, patience: int, counters: Mapping | None = None) -> None:
+        self.rtol, self.patience = float(rtol or 0.0), int(patience)
+        self.counters = {"prev": None, "count": 0} if counters is None else dict(counters)
 
-
-def _set_rng_states(states: dict, noise_gen) -> None:
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if noise_gen is not None and states.get("noise") is not None:
-        noise_gen.set_state(states["noise"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    def update(self, fvalue: float) -> bool:
+        """Record ``F_t``; True when the flow should stop (always False when disabled)."""
+        if not self.rtol > 0:
+            return False
+        c = self.counters
+        prev = c["prev"]
+        if prev is not None and abs(fvalue - prev) <= self.rtol * max(abs(prev), 1e-30):
+            c["count"] += 1
+        else:
+            c["count"] = 0
+        c["prev"] = fvalue
+        return c["count"] >= self.patience
 
 
-def _restore_state(state: ParticleState, saved: dict) -> None:
-    """Copy checkpointed tensors into ``state`` (fresh leaves for the moving tensors)."""
-    for key, value in saved["tensors"].items():
-        current = getattr(state, key)
-        if current is None or tuple(current.shape) != tuple(value.shape):
-            raise ValueError(
-                f"cannot resume: checkpoint tensor {key!r} has shape {tuple(value.shape)} but the "
-                f"state has {None if current is None else tuple(current.shape)}; resume with the "
-                "same data and dynamics as the checkpointed run"
-            )
-        new = value.to(device=current.device, dtype=current.dtype)
-        if current.requires_grad:
-            new = new.detach().clone().requires_grad_(True)
-        setattr(state, key, new)
-    state.step = int(saved["step"])
-    state.meta = dict(saved["meta"])
+class _FlowStep:
+    """One step ``z_t -> z_{t+1}``: evaluate and differentiate, guard, clip, step, noise,
+    box, guard the update, ``dynamics.after_step``, schedule.  Returns the step's numbers;
+    the loop turns them into the record."""
 
+    def __init__(self, state, objective, dynamics, opt, scheduler, feature_group: int, *, clip, noise, box,
+                 guard: DivergenceGuard) -> None:
+        self.state, self.objective, self.dynamics = state, objective, dynamics
+        self.opt, self.scheduler, self.feature_group = opt, scheduler, feature_group
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.clip, self.noise, self.box, self.guard = clip, noise, box, guard
+        self.backup = _StateBackup(state)
+        self.n_classes = state.num_classes
 
-def objective_rose(before, after, factor: float = RISE_FACTOR) -> bool:
-    """True when a flow ended far above where it started: ``after - before > factor *
-    max(|before|, 1e-12)``, i.e. the objective rose by more than ``factor`` (10) times its
-    initial magnitude.  A gradient flow should decrease its objective; a rise of this size
-    means the steps overshoot (lr too large), even though every value stayed finite.  A
-    non-finite ``after`` counts as a rise; missing values do not."""
-    if before is None or after is None:
-        return False
-    before, after = float(before), float(after)
-    if not math.isfinite(before):
-        return False
-    if not math.isfinite(after):
-        return True
-    return after - before > factor * max(abs(before), 1e-12)
+    def __call__(self, step: int):
+        import torch
 
-
-_LINALG_ROUTINES = ("linalg", "cholesky", "eig", "svd", "lapack", "cusolver", "magma", "lu_factor")
-_LINALG_MESSAGES = ("failed to converge", "not positive-definite", "not positive definite",
-                    "ill-conditioned", "singular", "illegal value")
-
-
-def _is_linalg_failure(err: BaseException) -> bool:
-    """A failure of an eigensolver/Cholesky/SVD on the particles (not a programming error)."""
-    import torch
-
-    if isinstance(err, torch.linalg.LinAlgError):
-        return True
-    if not isinstance(err, RuntimeError):
-        return False
-    # torch's messages name the routine ("linalg.eigh: The algorithm failed to converge ...");
-    # requiring both a routine and a failure phrase keeps programming errors out
-    message = str(err).lower()
-    return (any(r in message for r in _LINALG_ROUTINES) and any(m in message for m in _LINALG_MESSAGES))
-
-
-def _load_resume_checkpoint(checkpoint_dir) -> tuple[dict | None, Path | None, list[str]]:
-    """The newest intact checkpoint in ``checkpoint_dir``: ``(payload, path, skipped)``.
-
-    Corrupt files (truncated copies, a disk that filled up) are skipped with a warning
-    naming each one, and renamed to ``<name>.corrupt`` so they are neither tried again nor
-    mistaken for the newest checkpoint later; ``(None, None, [])`` when there is none at all;
-    `CheckpointError` when there are checkpoints but none is intact.  A file refused as
-    unsafe (`UnsafeCheckpointError`) stops the resume: it was planted, not damaged.
-    """
-    from dsflow.flow.checkpoint import (CheckpointError, CorruptCheckpointError, list_checkpoints,
-                                        load_checkpoint)
-
-    skipped: list[str] = []
-    reasons: list[str] = []
-    for path in reversed(list_checkpoints(checkpoint_dir)):
+        state, objective, guard, params = self.state, self.objective, self.guard, self.params
+        self.backup.save(state)
+        self.opt.zero_grad(set_to_none=True)
+        fvalue = math.nan
         try:
-            return load_checkpoint(path), path, skipped
-        except CorruptCheckpointError as err:
-            reasons.append(str(err))
-            moved = path.with_name(path.name + ".corrupt")
-            try:
-                path.replace(moved)
-                where = f"renamed to {moved.name}"
-            except OSError:
-                where = "left in place"
-            skipped.append(str(path))
-            log.warning("skipping checkpoint %s (%s); trying the one before it", path, f"{err}; {where}")
-    if reasons:
-        raise CheckpointError(
-            f"cannot resume: no intact checkpoint in {checkpoint_dir} ({'; '.join(reasons)}). "
-            "Start afresh with flow.resume=false (or remove the damaged files)",
-            checkpoint_dir,
-        )
-    return None, None, skipped
-
-
-def _describe_differences(differences: dict) -> str:
-    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in differences.items())
-
-
-def _check_fingerprint(ckpt: dict, path, fingerprint, ignore: bool) -> dict:
-    """Differences between the checkpoint's config fingerprint and ``fingerprint``; raises
-    `CheckpointMismatchError` for any unless ``ignore``."""
-    from dsflow.flow.checkpoint import CheckpointMismatchError, fingerprint_differences
-
-    if fingerprint is None:
-        return {}
-    old = ckpt.get("fingerprint")
-    if old is None:
-        log.warning("checkpoint %s records no config fingerprint (written by an older dsflow or "
-                    "without one): cannot check that the config is unchanged", path)
-        return {}
-    differences = fingerprint_differences(old, dict(fingerprint))
-    if not differences:
-        return {}
-    text = _describe_differences(differences)
-    if not ignore:
-        raise CheckpointMismatchError(
-            f"cannot resume from {path}: the config differs from the checkpointed run's in "
-            f"{len(differences)} key(s) (checkpoint -> now): {text}. Resume with the checkpointed "
-            "values, start a new run (flow.resume=false, or another run directory), or set "
-            "flow.resume_ignore_config=true to continue the checkpointed particles under the new config",
-            differences,
-        )
-    log.warning("resuming from %s although the config changed (resume_ignore_config): %s; the "
-                "particles, RNG states and history are the checkpoint's, the optimizer and "
-                "schedule settings the new config's", path, text)
-    return differences
-
-
-def _load_optimizer_keeping_settings(opt, saved: dict) -> None:
-    """Load the optimizer's saved *state* (moments, step counts) under the current settings
-    (lr, betas, momentum, ... of the new config): the ``resume_ignore_config`` path.  A
-    different optimizer (other state keys) starts from a fresh state."""
-    fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
-    saved_keys = [set(g) - {"params"} for g in saved.get("param_groups", [])]
-    if saved_keys != [set(g) for g in fresh]:
-        log.warning("the checkpoint's optimizer differs from the configured one: its state "
-                    "(moments, step counts) is not restored")
-        return
-    opt.load_state_dict(saved)
-    for group, settings in zip(opt.param_groups, fresh):
-        group.update(settings)
+            with torch.enable_grad():
+                value, parts = objective.evaluate(state)
+            fvalue = float(value.detach())
+            if math.isfinite(fvalue) and value.requires_grad:
+                value.backward()
+        except Exception as err:  # noqa: BLE001 - re-raised unless it is a linear-algebra failure
+            if not is_linalg_failure(err):
+                raise
+            raise guard.linalg(step, err, "a linear-algebra routine failed on the particles") from err
+        guard.check_value(step, fvalue, parts)
+        gnorm = _grad_norm(params)
+        guard.check_gradient(step, gnorm, fvalue, params)
+        if self.clip is not None:
+            self.clip.apply(params)
+        lr = float(self.opt.param_groups[self.feature_group]["lr"])
+        self.opt.step()
+        with torch.no_grad():
+            if self.noise is not None:
+                self.noise.apply(state, lr)
+            if self.box is not None:
+                self.box.apply(state)
+            guard.check_update(step, self.backup, gnorm, lr)
+            changed = bool(self.dynamics.after_step(state, step))
+        if changed:
+            objective.reset()
+            self.n_classes = state.num_classes
+        if self.scheduler is not None:
+            self.scheduler.step()
+        state.step = step + 1
+        return fvalue, parts, gnorm, lr, changed
 
 
 # ----------------------------------------------------------------------------- engine
@@ -562,14 +369,18 @@ def run_flow(
     """
     import torch
 
-    from dsflow.flow.checkpoint import check_writable, save_checkpoint
+    from dsflow.flow import checkpoint as ckpts
     from dsflow.flow.trajectory import TrajectoryRecorder
 
     # ---- validation --------------------------------------------------------------------
     if not isinstance(state, ParticleState):
         raise TypeError(f"run_flow: state must be a ParticleState, got {type(state).__name__}")
-    if not callable(objective):
-        raise TypeError(f"run_flow: objective must be a Functional, got {type(objective).__name__}")
+    if not isinstance(objective, Functional):
+        raise TypeError(f"run_flow: objective must be a Functional (dsflow.functionals.Functional: evaluate, parts, "
+                        f"temperature, state_dict), got {type(objective).__name__}; subclass Functional")
+    if not isinstance(dynamics, Dynamics):
+        raise TypeError(f"run_flow: dynamics must be a Dynamics (dsflow.flow.dynamics_base.Dynamics), "
+                        f"got {type(dynamics).__name__}; subclass Dynamics")
     if not callable(optimizer):
         raise TypeError(
             "run_flow: optimizer must be a callable param_groups -> torch.optim.Optimizer, e.g. "
@@ -582,45 +393,40 @@ def run_flow(
         raise ValueError("run_flow: trajectory_every and checkpoint_every must be >= 0")
     if (checkpoint_every or resume) and checkpoint_dir is None:
         raise ValueError("run_flow: checkpoint_every/resume need checkpoint_dir (a directory for ckpt_*.pt)")
-    if noise_scale not in ("lr", "lr_over_n"):
+    if noise_scale not in BrownianNoise.SCALES:
         raise ValueError(f"run_flow: noise_scale must be 'lr' or 'lr_over_n', got {noise_scale!r}")
     if early_stop_rtol and int(early_stop_patience) < 1:
         raise ValueError("run_flow: early_stop_patience must be >= 1")
-    clip = _parse_clip(grad_clip)
-    box = _parse_box(box)
+    clip = GradientClip.parse(grad_clip)
+    box = Box.parse(box)
     callbacks = list(callbacks or ())
     if not state.is_finite():
         raise ValueError("run_flow: the initial state contains NaN or Inf")
     if checkpoint_every:
-        check_writable(checkpoint_dir)  # before step 0, not at the first checkpoint hours later
+        ckpts.check_writable(checkpoint_dir)  # before step 0, not at the first checkpoint hours later
 
     trajectory_every = int(trajectory_every)
     checkpoint_every = int(checkpoint_every)
     recorder = TrajectoryRecorder(trajectory_dtype, trajectory_path) if trajectory_every > 0 else None
+    noise = BrownianNoise.for_objective(objective, state, seed=seed, noise_scale=noise_scale)
+    noise_gen = None if noise is None else noise.generator
 
-    temperature = float(getattr(objective, "temperature", 0.0) or 0.0)
-    if temperature < 0 or not math.isfinite(temperature):
-        raise ValueError(f"run_flow: objective temperature must be finite and >= 0, got {temperature}")
-    noise_gen = None
-    if temperature > 0:
-        noise_gen = torch.Generator(device=state.x.device)
-        noise_gen.manual_seed(int(seed))
-
+    # ---- resume: the state first (the optimizer is built on the restored leaves) --------
     history: list[dict] = []
     start_step = 0
-    early = {"prev": None, "count": 0}
+    early = _EarlyStop(early_stop_rtol, early_stop_patience)
     resumed_from = None
     ckpt = ckpt_path = None
     skipped: list[str] = []
     changed_config: dict = {}
     if resume:
-        ckpt, ckpt_path, skipped = _load_resume_checkpoint(checkpoint_dir)
+        ckpt, ckpt_path, skipped = ckpts.load_resume_checkpoint(checkpoint_dir)
         if ckpt is not None:
-            changed_config = _check_fingerprint(ckpt, ckpt_path, fingerprint, bool(resume_ignore_config))
-            _restore_state(state, ckpt["state"])
+            changed_config = ckpts.check_fingerprint(ckpt, ckpt_path, fingerprint, bool(resume_ignore_config))
+            ckpts.restore_state(state, ckpt["state"])
             start_step = int(ckpt["state"]["step"])
             history = list(ckpt["history"])
-            early = dict(ckpt["early_stop"])
+            early = _EarlyStop(early_stop_rtol, early_stop_patience, ckpt["early_stop"])
             resumed_from = start_step
             log.info("resuming from %s (step %d)", ckpt_path, start_step)
             if start_step >= steps:
@@ -636,34 +442,14 @@ def run_flow(
         if scale != 1.0:
             g["lr"] = g["lr"] * scale
     scheduler = make_scheduler(opt, schedule, steps)
-    params = [p for g in opt.param_groups for p in g["params"]]
     # An index, not the dict: load_state_dict replaces the optimizer's group dicts.
     feature_group = next((i for i, g in enumerate(opt.param_groups) if any(p is state.x for p in g["params"])), None)
     if feature_group is None:
         raise ValueError("run_flow: dynamics.param_groups(state) must include state.x")
     if ckpt is not None:
-        if changed_config:  # resume_ignore_config: the new settings apply from here on
-            import warnings
-
-            _load_optimizer_keeping_settings(opt, ckpt["optimizer"])
-            if scheduler is not None:  # the new schedule, at the step reached
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    for _ in range(start_step):
-                        scheduler.step()
-        else:
-            opt.load_state_dict(ckpt["optimizer"])
-            if scheduler is not None and ckpt.get("scheduler") is not None:
-                scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_states(ckpt["rng"], noise_gen)
-        if recorder is not None:
-            if ckpt.get("trajectory") is None:
-                raise ValueError("cannot resume: the checkpointed run recorded no trajectory")
-            recorder.load_state_dict(ckpt["trajectory"])
-        if hasattr(objective, "load_state_dict") and ckpt.get("objective") is not None:
-            objective.load_state_dict(ckpt["objective"])
-        elif getattr(dynamics, "variable_labels", False):
-            objective.reset()
+        ckpts.restore_run(ckpt, optimizer=opt, scheduler=scheduler, start_step=start_step,
+                          changed_config=changed_config, noise_generator=noise_gen, recorder=recorder,
+                          objective=objective, dynamics=dynamics)
 
     if recorder is not None and not recorder.steps:
         recorder.append(start_step, state.x)
@@ -672,41 +458,16 @@ def run_flow(
     fingerprint = None if fingerprint is None else dict(fingerprint)
 
     def checkpoint_now(step_reached: int) -> None:
-        payload = {
-            "version": 2,
-            "state": {"tensors": {k: v.detach().cpu() for k, v in state.tensors().items()},
-                      "step": step_reached, "meta": dict(state.meta)},
-            "optimizer": opt.state_dict(),
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "rng": _rng_states(noise_gen),
-            "history": history,
-            "early_stop": dict(early),
-            "trajectory": None if recorder is None else recorder.state_dict(),
-            "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
-            "fingerprint": fingerprint,
-        }
-        save_checkpoint(checkpoint_dir, step_reached, payload, keep=int(keep_checkpoints))
-
-    def diverged(step_: int, part: str, what: str) -> FlowDivergedError:
-        # ``state`` is finite here: the step start (value/gradient/linalg) or restored (update)
-        if state.step == 0 and part != "update":
-            # nothing has moved yet: the initial data, not the step size, is the problem
-            message = (f"the objective failed on the initial particles, before any update: {what}; this is "
-                       "not a step-size problem: check the data (duplicate or constant samples, classes "
-                       "too small for their covariance; e.g. functional.cov_ridge=1e-6)")
-        else:
-            message = (f"flow diverged at step {step_}: {what}; {DIVERGENCE_HINT}. The last finite particles "
-                       f"(step {state.step}) and the history are kept")
-        return FlowDivergedError(
-            message,
-            step=step_, part=part, last_state=state.snapshot(), history=history,
-            trajectory=None if recorder is None else recorder.result(),
-            trajectory_steps=None if recorder is None else recorder.steps,
-        )
+        payload = ckpts.flow_payload(state=state, step=step_reached, optimizer=opt, scheduler=scheduler,
+                                     noise_generator=noise_gen, history=history, early_stop=early.counters,
+                                     recorder=recorder, objective=objective, fingerprint=fingerprint)
+        ckpts.save_checkpoint(checkpoint_dir, step_reached, payload, keep=int(keep_checkpoints))
 
     # ---- the loop ------------------------------------------------------------------------
-    n_classes = state.num_classes
-    backup = _StateBackup(state)
+    guard = DivergenceGuard(state, objective, history, recorder)
+    one_step = _FlowStep(state, objective, dynamics, opt, scheduler, feature_group, clip=clip, noise=noise,
+                         box=box, guard=guard)
+    backup = one_step.backup
     stop_reason = STOP_STEPS
     t0 = time.perf_counter()
     time_offset = history[-1]["time"] if history else 0.0
@@ -721,54 +482,7 @@ def run_flow(
     try:
         for step in range(start_step, steps):
             t_step = time.perf_counter()
-            backup.save(state)
-            opt.zero_grad(set_to_none=True)
-            fvalue = math.nan
-            try:
-                with torch.enable_grad():
-                    value, parts = objective.evaluate(state)
-                fvalue = float(value.detach())
-                if math.isfinite(fvalue) and value.requires_grad:
-                    value.backward()
-            except Exception as err:  # noqa: BLE001 - re-raised unless it is a linear-algebra failure
-                if not _is_linalg_failure(err):
-                    raise
-                raise diverged(step, "linalg", f"a linear-algebra routine failed on the particles "
-                               f"({type(err).__name__}: {str(err)[:160]})") from err
-            if not math.isfinite(fvalue):
-                bad = [k for k, v in parts.items() if not math.isfinite(v) and k != getattr(objective, "name", None)]
-                part = bad[0] if bad else getattr(objective, "name", "objective")
-                raise diverged(step, part, f"objective is {fvalue} (non-finite part: {part!r})")
-            gnorm = _grad_norm(params)
-            if not math.isfinite(gnorm):
-                part = _offending_gradient_part(objective, state, params)
-                raise diverged(step, part, f"the gradient of {part!r} is not finite (objective {fvalue})")
-            if clip is not None:
-                clip_gradients(params, *clip)
-            lr = float(opt.param_groups[feature_group]["lr"])
-            opt.step()
-            with torch.no_grad():
-                if noise_gen is not None:
-                    var = 2.0 * temperature * lr / (state.n if noise_scale == "lr_over_n" else 1)
-                    noise = torch.randn(state.x.shape, generator=noise_gen, device=state.x.device,
-                                        dtype=state.x.dtype)
-                    state.x.add_(noise, alpha=math.sqrt(var))
-                if box is not None:
-                    state.x.clamp_(min=box[0], max=box[1])
-                if not state.is_finite():
-                    bad_state = state.snapshot()
-                    backup.restore(state)
-                    bad = [k for k, v in bad_state.tensors().items()
-                           if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
-                    raise diverged(step, "update", f"the update made {bad} non-finite with a finite "
-                                   f"gradient (norm {gnorm:.3g}, lr {lr:.3g})")
-                changed = bool(dynamics.after_step(state, step))
-            if changed:
-                objective.reset()
-                n_classes = state.num_classes
-            if scheduler is not None:
-                scheduler.step()
-            state.step = step + 1
+            fvalue, parts, gnorm, lr, changed = one_step(step)
             now = time.perf_counter()
             record = {
                 "step": step,
@@ -776,7 +490,7 @@ def run_flow(
                 "parts": parts,
                 "grad_norm": gnorm,
                 "lr": lr,
-                "n_classes": n_classes,
+                "n_classes": one_step.n_classes,
                 "labels_changed": changed,
                 "step_time": now - t_step,
                 "time": time_offset + now - t0,
@@ -787,15 +501,8 @@ def run_flow(
             stop = False
             for cb in callbacks:
                 stop = bool(cb(step, record, state)) or stop
-            if early_stop_rtol and early_stop_rtol > 0:
-                prev = early["prev"]
-                if prev is not None and abs(fvalue - prev) <= early_stop_rtol * max(abs(prev), 1e-30):
-                    early["count"] += 1
-                else:
-                    early["count"] = 0
-                early["prev"] = fvalue
-                if early["count"] >= int(early_stop_patience):
-                    stop_reason = STOP_EARLY
+            if early.update(fvalue):
+                stop_reason = STOP_EARLY
             if stop:
                 stop_reason = STOP_CALLBACK
             if stop_reason == STOP_STEPS and state.step < steps and should_stop is not None and should_stop():
@@ -803,7 +510,7 @@ def run_flow(
             if bar is not None:
                 bar.update(1)
                 if step % postfix_every == 0:
-                    bar.set_postfix(F=f"{fvalue:.4g}", k=n_classes, refresh=False)
+                    bar.set_postfix(F=f"{fvalue:.4g}", k=one_step.n_classes, refresh=False)
             last = stop_reason != STOP_STEPS or state.step == steps
             if checkpoint_every and (state.step % checkpoint_every == 0 or last):
                 checkpoint_now(state.step)
@@ -827,14 +534,11 @@ def run_flow(
             with torch.no_grad():
                 v, final_parts = objective.evaluate(state)
         except Exception as err:  # noqa: BLE001 - see the loop
-            if not _is_linalg_failure(err):
+            if not is_linalg_failure(err):
                 raise
-            raise diverged(state.step, "linalg", "evaluating the final state failed "
-                           f"({type(err).__name__}: {str(err)[:160]})") from err
+            raise guard.linalg(state.step, err, "evaluating the final state failed") from err
         final_value = float(v)
-        if not math.isfinite(final_value):
-            raise diverged(state.step, getattr(objective, "name", "objective"),
-                           f"the objective of the final state is {final_value}")
+        guard.check_final(final_value)
     return FlowResult(
         state=state,
         history=history,
