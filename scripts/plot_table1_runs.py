@@ -13,12 +13,23 @@ import argparse
 import json
 from pathlib import Path
 
-from dsflow.report import PAPER_TABLE1
+from dsflow.tasks.repurpose import PAPER_TABLE1
 
 
 def read_run(run_dir: Path) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    steps, acc, objective = [0], [summary["accuracy_before"]], []
+    """A run's curves; a run killed before its summary (``kill -9``) is read from its
+    ``config.yaml`` and ``metrics.jsonl`` alone, and labelled as stopped."""
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    else:
+        import yaml
+
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        name = cfg["source"].get("name") or cfg["source"]["_target_"].rsplit(".", 1)[-1]
+        summary = {"source_labels": cfg.get("source_labels"), "source": {"name": name}, "stopped": True}
+    steps, acc, objective = [], [], []
+    if summary.get("accuracy_before") is not None:
+        steps, acc = [0], [summary["accuracy_before"]]
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         objective.append((row["step"], row["objective"]))
@@ -32,6 +43,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--labels", nargs="*", default=[], help="legend names of the runs, in order")
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -46,7 +58,12 @@ def main(argv=None) -> None:
         s = run["summary"]
         mode = "unsupervised" if str(s.get("source_labels")) == "pseudo" else "supervised"
         src = (s.get("source") or {}).get("name", "source")
-        label = f"{src}, {mode}: {100 * s['accuracy_before']:.1f}% -> {100 * s['accuracy_after']:.1f}%"
+        if s.get("stopped"):
+            label = f"{src}, {mode}: stopped at step {run['steps'][-1]}, {100 * run['accuracy'][-1]:.1f}%"
+        else:
+            label = f"{src}, {mode}: {100 * s['accuracy_before']:.1f}% -> {100 * s['accuracy_after']:.1f}%"
+        if args.labels:
+            label = f"{args.labels.pop(0)}: {label.split(': ', 1)[1]}"
         line, = ax_acc.plot(run["steps"], [100 * a for a in run["accuracy"]], marker=".", label=label)
         steps, values = zip(*run["objective"])
         ax_obj.plot(steps, values, color=line.get_color(), label=f"{src}, {mode}")
