@@ -182,7 +182,7 @@ def _main(app) -> None:
 #: the primary config ``dsflow`` composes unless the command line picks an experiment or a group
 DEMO_CONFIG = "demo"
 #: config groups of the `dsflow` app; selecting one of them means "not the default demo"
-CONFIG_GROUPS = ("dataset", "functional", "dynamics", "optimizer", "flow", "oracle", "experiment")
+CONFIG_GROUPS = ("dataset", "functional", "dynamics", "optimizer", "flow", "oracle", "task", "experiment")
 #: Hydra's flags that take a value (``--flag VALUE`` or ``--flag=VALUE``)
 _FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
                      "--package", "-p", "--experimental-rerun", "--shell-completion", "-sc"}
@@ -221,6 +221,22 @@ def wants_default_experiment(args: list[str]) -> bool:
     return True
 
 
+def _refuse_moved_keys(args: list[str]) -> None:
+    """``holdout=0.2`` and the other re-purposing keys now live under ``task.``: Hydra would
+    only say "Key 'holdout' is not in struct"; say where the key went instead."""
+    from dsflow.config_checks import MOVED_KEYS, moved_key_message
+
+    for arg in _overrides_of(args):
+        key, _, value = arg.partition("=")
+        root = key.lstrip("+~").split(".", 1)[0]
+        if root in MOVED_KEYS:
+            message = moved_key_message(root, None)
+            if "." not in key and value:  # the user's own value, as typed, in the suggested override
+                message = message.replace(f"{MOVED_KEYS[root]}.<option>=...", f"{MOVED_KEYS[root]}={value}")
+            print(f"dsflow: error: {message}", file=sys.stderr)
+            sys.exit(1)
+
+
 def main() -> None:
     """``dsflow [overrides]``: flow a labeled dataset; ``dsflow -m ...`` for a sweep.
 
@@ -230,6 +246,7 @@ def main() -> None:
     ``dsflow --cfg job`` all compose the demo.
     """
     args = sys.argv[1:]
+    _refuse_moved_keys(args)
     if wants_default_experiment(args):
         if not any(a.split("=", 1)[0] in _INFO_FLAGS for a in args):
             print("dsflow: running the default experiment (configs/experiment/default.yaml; "

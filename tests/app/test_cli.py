@@ -147,6 +147,7 @@ def test_distance_command(tmp_path):
         (["+experiment=base"], False),  # the bare base config
         (["dataset@source=moons"], False),  # choosing a config group replaces it
         (["oracle=none"], False),
+        (["task=flow"], False),  # the demo is a repurpose task: choosing a task replaces it
         (["--cfg", "job"], True),  # shows what `dsflow` runs
         (["--help"], True),
         (["--config-dir", "/tmp/my_configs", "steps=3"], True),  # a flag and its value change nothing
@@ -208,3 +209,13 @@ def test_default_run_without_arguments(tmp_path, monkeypatch):
     # processes on a shared machine do not inflate, must fit in 2 cores x 180 s
     assert cpu < 360, f"the demo used {cpu:.0f} s of CPU ({elapsed:.0f} s wall)"
     print(f"default run: {elapsed:.1f} s wall")
+
+
+@pytest.mark.parametrize("arg, fix", [("holdout=0.2", "task.holdout=0.2"),
+                                      ("source_labels=pseudo", "task.source_labels=pseudo"),
+                                      ("+pushforward.epochs=3", "task.pushforward.<option>=...")])
+def test_a_moved_key_on_the_command_line_names_its_new_home(tmp_path, arg, fix):
+    proc = run_cli([arg], tmp_path, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("dsflow: error:")]
+    assert len(lines) == 1 and fix in lines[0], proc.stderr
