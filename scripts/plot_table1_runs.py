@@ -62,11 +62,13 @@ def main(argv=None) -> None:
             label = f"{src}, {mode}: stopped at step {run['steps'][-1]}, {100 * run['accuracy'][-1]:.1f}%"
         else:
             label = f"{src}, {mode}: {100 * s['accuracy_before']:.1f}% -> {100 * s['accuracy_after']:.1f}%"
+        name = f"{src}, {mode}"
         if args.labels:
-            label = f"{args.labels.pop(0)}: {label.split(': ', 1)[1]}"
+            name = args.labels.pop(0)
+            label = f"{name}: {label.split(': ', 1)[1]}"
         line, = ax_acc.plot(run["steps"], [100 * a for a in run["accuracy"]], marker=".", label=label)
         steps, values = zip(*run["objective"])
-        ax_obj.plot(steps, values, color=line.get_color(), label=f"{src}, {mode}")
+        ax_obj.plot(steps, values, color=line.get_color(), label=name)
         paper = PAPER_TABLE1.get(src)
         if paper:
             paper_rows[(src, mode)] = (paper, line.get_color())
