@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -638,54 +636,31 @@ def run(cfg, run_dir: str | Path | None = None, stages: Sequence[Stage] | None =
     config = plain_config(cfg)
 
     ctx = RunContext(cfg=cfg, run_dir=run_dir)
-    ctx.summary.update(status="running", run_dir=str(run_dir.resolve()),
-                       started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    start = time.perf_counter()
     run_name = cfg.get("name") or None
-    from dsflow.flow.interrupt import StopSignals, signal_name
+    from dsflow.runs import RunRecord
 
-    # SIGINT/SIGTERM handlers for this run only (restored on the way out): a signal during the
-    # flow stops it at the next step boundary, elsewhere it raises RunInterrupted at once
-    with StopSignals() as signals, build_loggers(cfg.get("logger"), run_dir, run_name=run_name,
-                                                 resume=resume) as loggers:
-        ctx.loggers = loggers
-        ctx.signals = signals
-        loggers.log_config(config)
-        local = loggers.get("local")
-        if local is not None:  # status "running" on disk: a run killed with -9 is still found
-            local.log_summary(ctx.summary)
-        try:
-            # inside the try: once config.yaml exists, an interrupt is recorded in summary.json
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
-            for stage in stages or DEFAULT_STAGES:
-                stage(ctx)
-            ctx.summary["status"] = "ok"
-        except KeyboardInterrupt as exc:  # SIGINT/SIGTERM (RunInterrupted) or a bare Ctrl-C
-            name = signal_name(getattr(exc, "signum", 2))
-            ctx.summary.update(status="interrupted", signal=name, error=str(exc) or f"interrupted by {name}",
-                               error_type=type(exc).__name__)
-            ctx.summary.setdefault("steps_done", 0)
-            exc.summary = ctx.summary
-            raise
-        except BaseException as exc:
-            ctx.summary.update(
-                status="failed",
-                error=f"{type(exc).__name__}: {exc}",
-                error_type=type(exc).__name__,
-                traceback=traceback.format_exc(),
-            )
-            raise
-        finally:
-            ctx.summary["wall_time_s"] = time.perf_counter() - start
-            ctx.summary["wall_time"] = ctx.summary["wall_time_s"]  # the key dsflow-report reads
-            if ctx.threads_before is not None:
-                import torch
+    def finish(summary: dict) -> None:
+        if summary["status"] == "interrupted":
+            summary.setdefault("steps_done", 0)
+        if ctx.threads_before is not None:
+            import torch
 
-                torch.set_num_threads(ctx.threads_before)
-            ctx.summary["files"] = {
-                **{k: Path(p).name for k, p in ctx.files.items()},
-                **{k: Path(p).name for k, p in ctx.images.items()},
-            }
-            loggers.log_summary(ctx.summary)
+            torch.set_num_threads(ctx.threads_before)
+        summary["files"] = {
+            **{k: Path(p).name for k, p in ctx.files.items()},
+            **{k: Path(p).name for k, p in ctx.images.items()},
+        }
+
+    # config.yaml, summary.json (running -> ok / failed / interrupted) and the SIGINT/SIGTERM
+    # handlers of this run only: a signal during the flow stops it at the next step boundary,
+    # elsewhere it raises RunInterrupted at once
+    record = RunRecord(run_dir, config, ctx.summary,
+                       loggers=lambda: build_loggers(cfg.get("logger"), run_dir, run_name=run_name, resume=resume))
+    record.on_exit.append(finish)
+    with record:
+        ctx.loggers = record.loggers
+        ctx.signals = record.signals
+        for stage in stages or DEFAULT_STAGES:
+            stage(ctx)
     return ctx.summary
 
