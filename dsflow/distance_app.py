@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
 log = logging.getLogger("dsflow")
@@ -46,8 +44,9 @@ def _classes(result, attr: str, data):
 def run_distance(cfg, run_dir: str | Path | None = None) -> dict:
     """Compute the OTDD of ``cfg.source`` to ``cfg.target`` and write its outputs.
 
-    Returns the summary (also ``summary.json``; ``status: failed`` and the error when it
-    raises).
+    Returns the summary (also ``summary.json``, `dsflow.runs.RunRecord`): ``status: failed``
+    and the error when it raises, ``status: interrupted`` on SIGINT/SIGTERM (`RunInterrupted`,
+    a KeyboardInterrupt, propagates: exit status 130/143 in the CLI).
     """
     from omegaconf import OmegaConf
 
@@ -55,7 +54,7 @@ def run_distance(cfg, run_dir: str | Path | None = None) -> dict:
     from dsflow.app import (describe_data, hydra_run_dir, load_datasets, plain_config, resolve_device,
                             resolve_dtype, seed_everything)
     from dsflow.config_checks import check_distance_config
-    from dsflow.loggers.local import write_json
+    from dsflow.runs import RunRecord
 
     check_distance_config(cfg)
     run_dir = Path(run_dir) if run_dir is not None else hydra_run_dir()
@@ -63,11 +62,9 @@ def run_distance(cfg, run_dir: str | Path | None = None) -> dict:
         raise ValueError("run_distance(cfg): pass run_dir=... or run through `dsflow-distance`")
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.set_struct(cfg, True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain_config(cfg)))
-    summary: dict = {"status": "running", "run_dir": str(run_dir.resolve()),
-                     "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    start = time.perf_counter()
-    try:
+    summary: dict = {}
+    # config.yaml, summary.json (running -> ok / failed / interrupted) and SIGINT/SIGTERM
+    with RunRecord(run_dir, plain_config(cfg), summary):
         seed_everything(cfg.seed)
         device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
         source, target = load_datasets(cfg, device, dtype)
@@ -118,14 +115,6 @@ def run_distance(cfg, run_dir: str | Path | None = None) -> dict:
             if C is not None:
                 plot_heatmap(C, run_dir / "class_coupling.png", row_names=names_s, col_names=names_t,
                              title="class-to-class transport mass", cmap="magma")
-        summary["status"] = "ok"
-    except Exception as exc:
-        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                       error_type=type(exc).__name__, traceback=traceback.format_exc())
-        raise
-    finally:
-        summary["wall_time_s"] = time.perf_counter() - start
-        write_json(run_dir / "summary.json", summary)
     return summary
 
 

@@ -57,3 +57,93 @@ def test_distance_failure_is_recorded(tmp_path):
         run_distance(cfg, run_dir=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and "resize" in summary["error"]
+
+
+def _interrupt_inside_otdd(monkeypatch, sig):
+    """``dsflow.otdd`` replaced by one that delivers ``sig`` to this process (or, with
+    ``sig=None``, raises a bare KeyboardInterrupt) in the middle of the computation."""
+    import os
+
+    import dsflow
+
+    def otdd(*args, **kwargs):
+        if sig is None:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), sig)
+        raise AssertionError("the run's signal handler should have raised")
+
+    monkeypatch.setattr(dsflow, "otdd", otdd)
+
+
+@pytest.mark.parametrize("sig,name", [(2, "SIGINT"), (15, "SIGTERM"), (None, "SIGINT")])
+def test_an_interrupt_during_the_distance_is_recorded_and_propagates(tmp_path, monkeypatch, sig, name):
+    import signal
+
+    from dsflow.flow.interrupt import RunInterrupted, exit_code_of
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    _interrupt_inside_otdd(monkeypatch, sig)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run_distance(compose_distance("inner=exact", "outer=exact"), run_dir=tmp_path)
+    if sig is not None:  # a real signal: the run's handler turned it into RunInterrupted
+        assert isinstance(caught.value, RunInterrupted) and exit_code_of(caught.value) == 128 + sig
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == name
+    assert summary["wall_time_s"] >= 0 and caught.value.summary["status"] == "interrupted"
+    assert (tmp_path / "config.yaml").is_file()
+    assert {s: signal.getsignal(s) for s in before} == before  # the run's handlers are gone
+
+
+def test_distance_summary_says_running_while_it_computes(tmp_path, monkeypatch):
+    import dsflow
+
+    seen = {}
+
+    def otdd(*args, **kwargs):
+        seen.update(json.loads((tmp_path / "summary.json").read_text()))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(dsflow, "otdd", otdd)
+    with pytest.raises(RuntimeError, match="stop here"):
+        run_distance(compose_distance(), run_dir=tmp_path)
+    assert seen["status"] == "running" and (tmp_path / "config.yaml").is_file()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error_type"] == "RuntimeError"
+    assert "Traceback" in summary["traceback"] and "stop here" in summary["traceback"]
+
+
+SLOW_DISTANCE = """
+import sys, time
+import dsflow
+def otdd(*args, **kwargs):  # a long distance computation
+    time.sleep(600)
+dsflow.otdd = otdd
+from dsflow.cli import distance_main
+sys.argv = ["dsflow-distance", *sys.argv[1:]]
+distance_main()
+"""
+
+
+@pytest.mark.parametrize("sig,code", [(2, 130), (15, 143)])
+def test_a_signal_stops_dsflow_distance_with_its_exit_status(tmp_path, sig, code):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DISTANCE, *SMALL, f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    summary_file = run_dir / "summary.json"
+    end = time.monotonic() + 90
+    while not (summary_file.is_file() and (run_dir / "config.yaml").is_file()):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < end, "timed out waiting for dsflow-distance to start"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "interrupted by" in err
+    summary = json.loads(summary_file.read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == signal.Signals(sig).name
