@@ -148,7 +148,7 @@ def _distance_app(cfg: DictConfig) -> dict | None:
     return summary
 
 
-def _interrupted_message(exc: BaseException) -> str:
+def _interrupted_message(exc: BaseException, work: str = "flow") -> str:
     """One line (per stopped sweep) for an interrupted command: no traceback."""
     from dsflow.flow.interrupt import signal_name
 
@@ -160,21 +160,21 @@ def _interrupted_message(exc: BaseException) -> str:
         what = (f"after {stopped.steps_done} of {stopped.steps} steps; flowed.npz and summary.json "
                 f"(status: interrupted) in {stopped.run_dir}")
     else:
-        what = f"before the flow started (summary.json in {stopped.run_dir})"
+        what = f"before the {work} started (summary.json in {stopped.run_dir})"
     line = f"dsflow: interrupted by {name} {what}"
     if stopped.multirun:
         line += f"; the sweep stopped at job {len(JOBS) - 1}: the jobs after it were not run"
     return line
 
 
-def _main(app) -> None:
+def _main(app, work: str = "flow") -> None:
     from dsflow.flow.interrupt import exit_code_of
 
     JOBS.clear()
     try:
         app()
     except KeyboardInterrupt as exc:  # SIGINT (Ctrl-C) or SIGTERM: 130 / 143, one line
-        print(_interrupted_message(exc), file=sys.stderr, flush=True)
+        print(_interrupted_message(exc, work), file=sys.stderr, flush=True)
         sys.exit(exit_code_of(exc))
     sys.exit(_exit_status())
 
@@ -258,7 +258,7 @@ def main() -> None:
 
 def distance_main() -> None:
     """``dsflow-distance [overrides]``: the OTDD between two labeled datasets."""
-    _main(_distance_app)
+    _main(_distance_app, work="distance computation")
 
 
 if __name__ == "__main__":

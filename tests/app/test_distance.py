@@ -144,6 +144,6 @@ def test_a_signal_stops_dsflow_distance_with_its_exit_status(tmp_path, sig, code
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
-    assert "Traceback" not in err and "interrupted by" in err
+    assert "Traceback" not in err and "interrupted by" in err and "before the distance computation started" in err
     summary = json.loads(summary_file.read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == signal.Signals(sig).name
