@@ -3,7 +3,9 @@
     python scripts/bench_sliced.py [--classes 10] [--per-class 200] [--dim 784] [--projections 500] [--threads 2]
 
 One evaluation = the source-target matrix and the source-source matrix of SW_2^2 (as an MMD
-needs), summed, then backward.  Prints the median and best of 5 repeats (first is warm-up).
+needs), summed, then backward: by two `sliced_wasserstein_classes` calls and by one
+`sliced_wasserstein_blocks` call (the source projected and sorted once), round-robin.  Prints
+the median and best of 5 repeats each (the first is warm-up) and their ratio.
 """
 
 import argparse
@@ -13,7 +15,7 @@ import time
 
 import torch
 
-from dsflow.ot.sliced import sliced_wasserstein_classes
+from dsflow.ot.sliced import sliced_wasserstein_blocks, sliced_wasserstein_classes
 
 
 def main():
@@ -30,15 +32,24 @@ def main():
     x = torch.randn(n, args.dim, generator=g, requires_grad=True)
     xt = torch.randn(n, args.dim, generator=g)
     y = torch.arange(n) % args.classes
-    times = []
-    for r in range(6):
-        t = time.perf_counter()
-        v = (sliced_wasserstein_classes(x, y, xt, y, n_projections=args.projections, seed=r).sum()
-             + sliced_wasserstein_classes(x, y, n_projections=args.projections, seed=r).sum())
-        v.backward()
-        x.grad = None
-        times.append(time.perf_counter() - t)
-    print(json.dumps({**vars(args), "median_s": statistics.median(times[1:]), "best_s": min(times[1:])}))
+    def two_calls(r):
+        return (sliced_wasserstein_classes(x, y, xt, y, n_projections=args.projections, seed=r).sum()
+                + sliced_wasserstein_classes(x, y, n_projections=args.projections, seed=r).sum())
+
+    def blocks(r):
+        cross, self_ = sliced_wasserstein_blocks(x, y, xt, y, n_projections=args.projections, seed=r)
+        return cross.sum() + self_.sum()
+
+    times = {"two_calls": [], "blocks": []}
+    for r in range(6):  # round-robin: both configurations see the same machine load
+        for name, fn in (("two_calls", two_calls), ("blocks", blocks)):
+            t = time.perf_counter()
+            fn(r).backward()
+            x.grad = None
+            times[name].append(time.perf_counter() - t)
+    out = {name: {"median_s": statistics.median(ts[1:]), "best_s": min(ts[1:])} for name, ts in times.items()}
+    out["ratio_blocks_to_two_calls"] = out["blocks"]["median_s"] / out["two_calls"]["median_s"]
+    print(json.dumps({**vars(args), **out}))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dsflow.ot.otdd import OTDDResult, otdd
 from dsflow.ot.outer import OuterResult, augmented_cost, augmented_ot
 from dsflow.ot.problem import OTDDProblem, make_problem
 from dsflow.ot.sinkhorn import SinkhornPotentials, log_sinkhorn, sinkhorn_potentials, sinkhorn_value
-from dsflow.ot.sliced import random_directions, sliced_wasserstein, sliced_wasserstein_classes
+from dsflow.ot.sliced import random_directions, sliced_wasserstein, sliced_wasserstein_blocks, sliced_wasserstein_classes
 
 __all__ = [
     "GaussianStats", "LabelDistances", "LabelModel", "OTDDProblem", "OTDDResult", "OuterResult",
@@ -21,5 +21,5 @@ __all__ = [
     "choose_bures_method", "class_gaussians", "class_index", "cross_nuclear", "diagonal_bures_w2",
     "gaussian_label_distances", "ground_cost", "label_distances", "log_sinkhorn", "make_label_model",
     "make_problem", "otdd", "random_directions", "sinkhorn_potentials", "sinkhorn_value", "sliced_wasserstein",
-    "sliced_wasserstein_classes", "sqdist",
+    "sliced_wasserstein_blocks", "sliced_wasserstein_classes", "sqdist",
 ]

@@ -201,28 +201,41 @@ def sliced_wasserstein_classes(
     ``"quantiles"`` (``n_quantiles`` fixed levels, the authors' approximation).  Rows and
     columns follow the sorted label values (`dsflow.ot.class_stats.class_index`).
     """
-    if p not in (1, 2) and not (isinstance(p, (int, float)) and p >= 1):
-        raise ValueError(f"sliced: p must be >= 1 (1 or 2 for the WoW kernels), got {p!r}")
-    if method not in METHODS:
-        raise ValueError(f"sliced: method must be one of {METHODS}, got {method!r}")
+    _check_options(p, method)
     same = x2 is None
     if same:
         x2, y2, weights2 = x1, y1, weights1
     elif y2 is None:
         raise ValueError("sliced: give y2 with x2")
-    if directions is None:
-        theta = random_directions(n_projections, x1.shape[1], seed=seed, device=x1.device, dtype=x1.dtype)
-    else:
-        theta = torch.as_tensor(directions).to(device=x1.device, dtype=x1.dtype)
-        if theta.ndim != 2:
-            raise ValueError(f"sliced: directions must be (L, d), got shape {tuple(theta.shape)}")
-        theta = theta / torch.linalg.vector_norm(theta, dim=1, keepdim=True)
+    theta = _directions(x1, n_projections, seed, directions)
     A = _SortedClasses(x1, y1, theta, weights1)
     B = A if same else _SortedClasses(x2, y2, theta, weights2)
+    return _sw_matrix(A, B, same, p, method, n_quantiles, max_elements)
+
+
+def _check_options(p, method) -> None:
+    if p not in (1, 2) and not (isinstance(p, (int, float)) and p >= 1):
+        raise ValueError(f"sliced: p must be >= 1 (1 or 2 for the WoW kernels), got {p!r}")
+    if method not in METHODS:
+        raise ValueError(f"sliced: method must be one of {METHODS}, got {method!r}")
+
+
+def _directions(x, n_projections, seed, directions) -> torch.Tensor:
+    if directions is None:
+        return random_directions(n_projections, x.shape[1], seed=seed, device=x.device, dtype=x.dtype)
+    theta = torch.as_tensor(directions).to(device=x.device, dtype=x.dtype)
+    if theta.ndim != 2:
+        raise ValueError(f"sliced: directions must be (L, d), got shape {tuple(theta.shape)}")
+    return theta / torch.linalg.vector_norm(theta, dim=1, keepdim=True)
+
+
+def _sw_matrix(A: _SortedClasses, B: _SortedClasses, same: bool, p, method, n_quantiles, max_elements):
+    """``(k1, k2)`` ``SW_p^p`` from two sorted projections (``same``: B is A, zero diagonal)."""
     if method == "quantiles":
         if int(n_quantiles) < 1:
             raise ValueError(f"sliced: n_quantiles must be >= 1, got {n_quantiles}")
-        levels = (torch.arange(int(n_quantiles), device=x1.device, dtype=x1.dtype) + 0.5) / int(n_quantiles)
+        dtype, device = A.values.dtype, A.values.device
+        levels = (torch.arange(int(n_quantiles), device=device, dtype=dtype) + 0.5) / int(n_quantiles)
         qa = A.quantiles(levels)
         qb = qa if same else B.quantiles(levels)
         per_dir = qa.new_zeros(qa.shape[0], qb.shape[0], qa.shape[1])
@@ -238,6 +251,34 @@ def sliced_wasserstein_classes(
     return sw
 
 
+def sliced_wasserstein_blocks(
+    x1: torch.Tensor,
+    y1: torch.Tensor,
+    x2: torch.Tensor,
+    y2: torch.Tensor,
+    *,
+    p: float = 2,
+    n_projections: int = 500,
+    seed: int | None = 0,
+    directions: torch.Tensor | None = None,
+    weights1=None,
+    weights2=None,
+    method: str = "exact",
+    n_quantiles: int = 100,
+    max_elements: int = _MAX_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cross, self)``: the ``SW_p^p`` matrices source-target ``(k1, k2)`` and source-source
+    ``(k1, k1)`` on the same directions, what the moving part of an MMD needs.  The source is
+    projected and sorted once for both (a third less work than two calls).  Options as
+    `sliced_wasserstein_classes`."""
+    _check_options(p, method)
+    theta = _directions(x1, n_projections, seed, directions)
+    A = _SortedClasses(x1, y1, theta, weights1)
+    B = _SortedClasses(x2, y2, theta, weights2)
+    return (_sw_matrix(A, B, False, p, method, n_quantiles, max_elements),
+            _sw_matrix(A, A, True, p, method, n_quantiles, max_elements))
+
+
 def sliced_wasserstein(x1: torch.Tensor, x2: torch.Tensor, **options) -> torch.Tensor:
     """``SW_p^p`` between two point clouds (one class each); options as `sliced_wasserstein_classes`."""
     y1 = torch.zeros(x1.shape[0], dtype=torch.long, device=x1.device)
@@ -245,4 +286,5 @@ def sliced_wasserstein(x1: torch.Tensor, x2: torch.Tensor, **options) -> torch.T
     return sliced_wasserstein_classes(x1, y1, x2, y2, **options)[0, 0]
 
 
-__all__ = ["sliced_wasserstein_classes", "sliced_wasserstein", "random_directions", "METHODS"]
+__all__ = ["sliced_wasserstein_classes", "sliced_wasserstein_blocks", "sliced_wasserstein", "random_directions",
+           "METHODS"]

@@ -147,3 +147,19 @@ def test_hand_written_backward_of_the_equal_size_path_passes_gradcheck():
     other, y = torch.randn(12, 3, generator=g, dtype=D64), torch.arange(12) % 2
     assert torch.autograd.gradcheck(lambda a: sliced_wasserstein_classes(a, y, other, y, n_projections=5), (x,))
     assert torch.autograd.gradcheck(lambda a: sliced_wasserstein_classes(a, y, n_projections=5), (x,))
+
+
+def test_blocks_are_the_two_matrices_of_separate_calls_on_the_same_directions():
+    from dsflow.ot.sliced import sliced_wasserstein_blocks
+
+    g = torch.Generator().manual_seed(14)
+    x1, y1 = torch.randn(30, 4, generator=g, dtype=D64, requires_grad=True), torch.arange(30) % 3
+    x2, y2 = torch.randn(26, 4, generator=g, dtype=D64), torch.arange(26) % 2
+    cross, self_ = sliced_wasserstein_blocks(x1, y1, x2, y2, n_projections=12, seed=3)
+    # same seed, same directions: bit for bit the separate calls (same operations, same machine)
+    assert torch.equal(cross, sliced_wasserstein_classes(x1, y1, x2, y2, n_projections=12, seed=3))
+    assert torch.equal(self_, sliced_wasserstein_classes(x1, y1, n_projections=12, seed=3))
+    (ga,) = torch.autograd.grad((cross.sum() + self_.sum()), x1)
+    (gb,) = torch.autograd.grad(sliced_wasserstein_classes(x1, y1, x2, y2, n_projections=12, seed=3).sum()
+                                + sliced_wasserstein_classes(x1, y1, n_projections=12, seed=3).sum(), x1)
+    torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-14)
