@@ -84,7 +84,7 @@ def lr_from_time_step(time_step: Any, n: int, optimizer_name: str, momentum: flo
         raise ValueError(f"time_step={time_step!r}: give a positive number (the flow's time step) or null")
     if optimizer_name not in ("SGD",):
         raise ValueError(
-            f"time_step={tau} sets the step of gradient descent (optimizer=sgd or momentum), but the "
+            f"time_step={tau} sets the step of plain gradient descent (optimizer=sgd), but the "
             f"optimizer is {optimizer_name}, whose step is not a time step; use optimizer=sgd, or set "
             "optimizer.lr and time_step=null"
         )
