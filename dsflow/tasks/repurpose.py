@@ -331,7 +331,10 @@ class RepurposeTask(Task):
         from dsflow.oracle.evaluation import OracleMonitor, predict
 
         cfg = run.cfg.oracle
-        oracle = self._oracle = instantiate(cfg).to(run.device)
+        from dsflow.models.training import show_progress
+
+        with show_progress(bool(run.cfg.get("progress", True))):  # the run's `progress` reaches oracle training
+            oracle = self._oracle = instantiate(cfg).to(run.device)
         mode = self._corr_mode = cfg.get("correspondence", "auto")
         true_y = self.true_y if self.true_y is not None else run.source.y.detach()
         true_y = self.true_y = true_y.to(run.source.y.device)
@@ -457,7 +460,8 @@ class RepurposeTask(Task):
         started = time.perf_counter()
         x0, xT = run.source.x.detach(), run.flowed.x.detach()
         pf = self.pushforward = fit_pushforward(x0, xT, image_shape=run.source.image_shape, device=run.device,
-                                                seed=int(options.pop("seed", run.cfg.get("seed", 0))), **options)
+                                                seed=int(options.pop("seed", run.cfg.get("seed", 0))),
+                                                progress=bool(run.cfg.get("progress", True)), **options)
         holdout = self.holdout
         mapped = pf(holdout.x.detach())
         y = holdout.y.detach().cpu()
