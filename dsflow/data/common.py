@@ -90,7 +90,19 @@ def override(key: str, value: Any) -> str:
     """The override that sets a loader option: ``source.KEY=VALUE`` inside
     :func:`config_prefix` ("source"), else ``KEY=VALUE`` (a keyword argument)."""
     prefix = _CONFIG_PREFIX.get()
-    return f"{prefix + '.' if prefix else ''}{key}={format_override_value(value)}"
+    return shell_override(f"{prefix + '.' if prefix else ''}{key}", value)
+
+
+def shell_override(key: str, value: Any) -> str:
+    """``KEY=VALUE`` that a shell passes to Hydra as one argument: lists of numbers are
+    compact (``[28,28]``), anything else with a space or a brace is single-quoted whole."""
+    value = to_plain(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        text = "[" + ",".join(format_override_value(v) for v in value) + "]"
+    else:
+        text = format_override_value(value)
+    arg = f"{key}={text}"
+    return f"'{arg}'" if any(c in arg for c in ' {}"*?$') else arg
 
 
 def format_override_value(value: Any) -> str:
@@ -109,7 +121,7 @@ def format_override_value(value: Any) -> str:
     text = str(value)
     if text and all(c.isalnum() or c in "_-./" for c in text) and text not in ("null", "true", "false"):
         return text
-    return "'" + text.replace("'", "\\'") + "'"
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'  # double quotes: shell_override may add single ones
 
 
 def square_image_shapes(d: int) -> list[tuple[int, int, int]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dsflow.data.common import format_override_value, to_plain
+from dsflow.data.common import shell_override, to_plain
 
 
 def _keys(cfg: Any) -> set[str]:
@@ -27,7 +27,7 @@ def _transform_override(side: str, cfg: Any, extra: list[dict]) -> str:
         current = []
     elif isinstance(current, (str, dict)):
         current = [current]
-    return f"'{side}.transform={format_override_value([*current, *extra])}'"
+    return shell_override(f"{side}.transform", [*current, *extra])
 
 
 def image_fix(side: str, data, shape: tuple[int, int, int], cfg: Any = None) -> str:
@@ -43,7 +43,7 @@ def image_fix(side: str, data, shape: tuple[int, int, int], cfg: Any = None) -> 
     prefix = f"{side}." if cfg is not None else ""  # a Python caller passes keyword arguments
     if (h0, w0) != (h, w):
         if cfg is None or "resize" in keys:
-            options.append(f"{prefix}resize={format_override_value([h, w])}")
+            options.append(shell_override(f"{prefix}resize", [h, w]))
         else:
             transforms.append({"name": "resize", "size": [h, w]})
     if c0 != c:

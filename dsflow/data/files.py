@@ -231,6 +231,13 @@ def _csv_header(path: Path) -> list[str]:
     return [c.strip() for c in row]
 
 
+def _has_rows(path: Path, header: bool) -> bool:
+    with open(path, encoding="utf-8-sig") as f:
+        if header:
+            next(f, None)
+        return any(line.strip() for line in f)
+
+
 def _first_bad_cell(path: Path, header: bool, columns: list[str], skip: int | None) -> str:
     """Where the fast reader failed: the first line with a wrong number of cells, or the first
     cell (outside column ``skip``) that is not a number.  Only run on the error path."""
@@ -329,6 +336,8 @@ def pixel_csv(
     if not pixel_cols:
         raise ValueError(f"csv {path}: the file has only the label column {columns[li]!r} and no pixels")
     options = dict(delimiter=",", skiprows=1 if header else 0, ndmin=2, quotechar='"', encoding="utf-8-sig")
+    if not _has_rows(path, header):  # numpy would only warn, and return an empty table
+        raise ValueError(f"csv {path}: no data rows after the header")
     try:
         table = np.loadtxt(path, dtype=np.float32, **options)
         raw_labels = table[:, li]
@@ -340,8 +349,6 @@ def pixel_csv(
         except ValueError:
             raise ValueError(f"csv {path}: {_first_bad_cell(path, header, columns, li)}; every pixel must be a "
                              "number") from None
-    if pixels.shape[0] == 0:
-        raise ValueError(f"csv {path}: no data rows after the header")
     if not np.isfinite(pixels).all():
         raise ValueError(f"csv {path}: {_first_bad_cell(path, header, columns, li)}; every pixel must be a "
                          "finite number")
@@ -351,7 +358,7 @@ def pixel_csv(
     if scale is not None:
         lo, hi = float(pixels.min()), float(pixels.max())
         if lo < 0 or hi > scale:
-            fix = override("scale", "null") if lo < 0 else override("scale", float(2 ** int(np.ceil(np.log2(hi + 1))) - 1))
+            fix = override("scale", None) if lo < 0 else override("scale", float(2 ** int(np.ceil(np.log2(hi + 1))) - 1))
             raise ValueError(f"csv {path}: pixel values span [{lo:g}, {hi:g}], outside [0, scale={scale:g}]; "
                              f"set the range they come from, `{fix}` (null keeps the values as stored)")
     keep = select_indices(labels, n_per_class=n_per_class, max_samples=max_samples,
@@ -381,7 +388,7 @@ def _csv_labels(raw: np.ndarray, path: Path, column: str) -> tuple[np.ndarray, l
     if raw.dtype.kind == "f":
         if not np.isfinite(raw).all() or not np.all(raw == np.round(raw)):
             row = int(np.flatnonzero(~np.isfinite(raw) | (raw != np.round(raw)))[0])
-            raise ValueError(f"csv {path}: label column {column!r} holds {raw[row]!r} on data row {row + 1}; "
+            raise ValueError(f"csv {path}: label column {column!r} holds {float(raw[row]):g} on data row {row + 1}; "
                              "labels must be integers or text")
         return raw.astype(np.int64), None
     text = np.char.strip(raw.astype(str))
