@@ -170,3 +170,26 @@ def test_file_errors(tmp_path):
     (tmp_path / "head.csv").write_text("label,a,b,c,d\n")
     with pytest.raises(ValueError, match=r"no data rows after the header"):
         pixel_csv(tmp_path / "head.csv")
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_integer_fast_path_equals_numpy_loadtxt(tmp_path, monkeypatch, ending):
+    import dsflow.data.files as files
+
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, size=(300, 49))
+    pixels[:, 0] = 0  # one-digit, two-digit and three-digit cells
+    labels = rng.integers(0, 10, size=300)
+    header = ["label", *(f"pixel{i}" for i in range(49))]
+    with open(tmp_path / "t.csv", "w", newline="") as f:
+        csv.writer(f, lineterminator=ending).writerows([header, *np.column_stack([labels, pixels]).tolist()])
+    monkeypatch.setattr(files, "_FAST_BLOCK", 1000)  # many blocks, each cut at a line end
+    table = files.read_integer_table(tmp_path / "t.csv", True, 50)
+    reference = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1, dtype=np.float32)
+    assert table is not None and np.array_equal(table, reference)
+    data = pixel_csv(tmp_path / "t.csv")
+    assert data.y.tolist() == labels.tolist() and np.array_equal(data.x.numpy() * 255, pixels.astype(np.float32))
+    # anything but non-negative integers goes to the general reader
+    for text in ("label,a\n1,-2\n", "label,a\n1,2.5\n", "label,a\n1,\n", "label,a\ncat,2\n", "label,a\n1,2\n\n3,4\n"):
+        (tmp_path / "o.csv").write_text(text)
+        assert files.read_integer_table(tmp_path / "o.csv", True, 2) is None
