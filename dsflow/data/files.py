@@ -404,9 +404,13 @@ def pixel_csv(
         table = read_integer_table(path, header, len(columns))
         if table is None:
             table = np.loadtxt(path, dtype=np.float32, **options)
+        if table.shape[1] != len(columns):  # consistent rows, but not as wide as the header
+            raise ValueError(f"csv {path}: {_first_bad_cell(path, header, columns, li)}")
         raw_labels = table[:, li]
         pixels = np.delete(table, li, axis=1)
-    except ValueError:  # text labels, a ragged line or a non-numeric pixel
+    except ValueError as err:  # text labels, a ragged line or a non-numeric pixel
+        if str(err).startswith("csv "):
+            raise
         try:
             pixels = np.loadtxt(path, dtype=np.float32, usecols=pixel_cols, **options)
             raw_labels = np.loadtxt(path, dtype=str, usecols=[li], **options)[:, 0]

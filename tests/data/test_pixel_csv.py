@@ -125,6 +125,9 @@ def test_ragged_lines_and_fractional_labels(tmp_path):
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"line 6 has 16 cells but the header has 17"):
         pixel_csv(tmp_path / "t.csv")
+    (tmp_path / "wide.csv").write_text("label,a,b\n0,1,2,3\n1,4,5,6\n")  # every row one cell too many
+    with pytest.raises(ValueError, match=r"line 2 has 4 cells but the header has 3"):
+        pixel_csv(tmp_path / "wide.csv")
     write_csv(tmp_path / "frac.csv", [0, 1.5], np.zeros((2, 4), int), header=["label", "a", "b", "c", "d"])
     with pytest.raises(ValueError, match=r"label column 'label' holds 1.5 on data row 2"):
         pixel_csv(tmp_path / "frac.csv")
