@@ -557,14 +557,15 @@ def heatmap_settings(runs: list[RunRecord], over=None) -> list[str] | None:
     return axes if len(axes) == 2 else None
 
 
-def plot_heatmap(runs: list[RunRecord], metric: str, path: Path, over=None) -> Path | None:
-    """``metric`` (mean over seeds) in each cell of the grid of the two swept settings, each
-    cell annotated ``mean ± std`` (and ``n`` when it differs between cells); cells without a
-    finished run are grey and say so."""
+def heatmap_grid(runs: list[RunRecord], metric: str, over=None):
+    """``((row key, row values), (column key, column values), grid, cells)``: the mean over
+    seeds of ``metric`` (in its unit: accuracies in %) per pair of values of the two swept
+    settings (NaN where no run finished), and the `Aggregate` of each cell by
+    ``(row value, column value)``; None without two swept settings or without any value."""
     keys = heatmap_settings(runs, over)
     if keys is None:
         return None
-    aggs = [a for a in aggregate(runs, over, metrics=(metric,))]
+    aggs = aggregate(runs, over, metrics=(metric,))
     if not any(a.count(metric) for a in aggs):
         return None
     ky, kx = keys  # the first swept key down the rows, the second across
@@ -578,6 +579,19 @@ def plot_heatmap(runs: list[RunRecord], metric: str, path: Path, over=None) -> P
     for (yv, xv), a in cells.items():
         if a.mean(metric) is not None:
             grid[ys.index(yv), xs.index(xv)] = a.mean(metric) * scale
+    return (ky, ys), (kx, xs), grid, cells
+
+
+def plot_heatmap(runs: list[RunRecord], metric: str, path: Path, over=None) -> Path | None:
+    """``metric`` (mean over seeds) in each cell of the grid of the two swept settings, each
+    cell annotated ``mean ± std`` (and ``n`` when it differs between cells); cells without a
+    finished run are grey and say so."""
+    grid_data = heatmap_grid(runs, metric, over)
+    if grid_data is None:
+        return None
+    (ky, ys), (kx, xs), grid, cells = grid_data
+    import numpy as np
+
     plt = _pyplot()
     from matplotlib.colors import LogNorm
 

@@ -123,6 +123,8 @@ def _parse_wandb_log(data):
 
     from wandb.proto import wandb_internal_pb2 as pb
 
+    if len(data) < 7:  # not even the header yet
+        return {}
     assert data[:4] == b":W&B"
     block, pos, pieces, out = 32768, 7, b"", {}
     while pos + 7 <= len(data):
@@ -134,6 +136,8 @@ def _parse_wandb_log(data):
         if kind == 0:  # zero padding up to the end of the block
             pos += (block - pos % block) % block
             continue
+        if pos + length > len(data):  # a record still being written
+            break
         chunk, pos = data[pos:pos + length], pos + length
         pieces = chunk if kind in (1, 2) else pieces + chunk
         if kind in (1, 4):
