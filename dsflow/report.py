@@ -321,6 +321,13 @@ class Aggregate:
         return f"{mean * scale:.4g}" + ("" if std is None else f" ± {std * scale:.2g}")
 
 
+def _setting_key(run: RunRecord, seeds: list[str]) -> tuple:
+    """What makes runs one setting: equal overrides but for ``seeds``; a run that sets none of
+    ``seeds`` is its own setting."""
+    others = tuple(sorted((k, v) for k, v in run.overrides.items() if k not in seeds))
+    return others if any(k in run.overrides for k in seeds) else (others, str(run.path))
+
+
 def aggregate(runs: list[RunRecord], over: tuple[str, ...] | list[str] | None = None,
               metrics: tuple[str, ...] | list[str] | None = None) -> list[Aggregate]:
     """Group ``runs`` by their settings other than the seed keys and average ``metrics``.
@@ -338,9 +345,7 @@ def aggregate(runs: list[RunRecord], over: tuple[str, ...] | list[str] | None = 
     shown = [k for k in swept_keys(runs) if k not in seeds]
     groups: dict[tuple, Aggregate] = {}
     for r in runs:
-        others = tuple(sorted((k, v) for k, v in r.overrides.items() if k not in seeds))
-        key = others if any(k in r.overrides for k in seeds) else (others, str(r.path))
-        agg = groups.setdefault(key, Aggregate(settings={k: r.overrides.get(k, "") for k in shown}))
+        agg = groups.setdefault(_setting_key(r, seeds), Aggregate(settings={k: r.overrides.get(k, "") for k in shown}))
         if r.status != "ok":
             agg.not_ok += 1
             continue
@@ -499,50 +504,54 @@ def run_curves(run: RunRecord) -> dict[str, list[tuple[float, float]]]:
 
 def plot_curves(runs: list[RunRecord], path: Path, over=None, max_legend: int = 12) -> Path | None:
     """Every job's curves overlaid (objective vs step, vs flow time; accuracy vs step): one
-    colour per setting (`aggregate`), the seeds of a setting in the same colour."""
-    groups = [(agg, [run_curves(r) for r in agg.runs]) for agg in aggregate(runs, over, metrics=())]
-    groups = [(a, cs) for a, cs in groups if any(c["objective"] for c in cs)]
-    if not groups:
+    colour per setting (`aggregate`), the seeds of a setting in the same colour; runs that
+    did not finish (failed, interrupted, still running) dashed, up to where they got."""
+    seeds = seed_keys(runs, over)
+    curves = [(r, run_curves(r)) for r in runs]
+    curves = [(r, c) for r, c in curves if c["objective"]]
+    if not curves:
         return None
-    panels = [("objective", "flow step (updates)", "objective F"),
-              ("objective_time", "flow time (s)", "objective F"),
-              ("accuracy", "flow step (updates)", "oracle accuracy (%)")]
-    panels = [p for p in panels if any(c[p[0]] for _, cs in groups for c in cs)]
+    settings = list(dict.fromkeys(_setting_key(r, seeds) for r, _ in curves))
+    shown = [k for k in swept_keys(runs) if k not in seeds]
+    panels = [("objective", "flow step (updates)", "objective against flow step"),
+              ("objective_time", "flow time (s)", "objective against flow time"),
+              ("accuracy", "flow step (updates)", "frozen oracle's accuracy on the particles")]
+    panels = [p for p in panels if any(c[p[0]] for _, c in curves)]
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False)
-    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "viridis")
-    positive = all(y > 0 for _, cs in groups for c in cs for _, y in c["objective"])
-    for gi, (agg, curves) in enumerate(groups):
-        color = cmap(gi if len(groups) <= 10 else gi / max(1, len(groups) - 1))
-        label = _setting_label(agg.settings) or agg.runs[0].path.name
-        label += f" (n={agg.n})" if agg.n > 1 else ""
-        for ci, c in enumerate(curves):
-            for ax, (key, _, _) in zip(axes[0], panels):
-                pts = c[key]
-                if not pts:
-                    continue
+    cmap = plt.get_cmap("tab10" if len(settings) <= 10 else "viridis")
+    labelled: set = set()
+    for r, c in curves:
+        gi = settings.index(_setting_key(r, seeds))
+        color = cmap(gi if len(settings) <= 10 else gi / max(1, len(settings) - 1))
+        n = sum(1 for q, _ in curves if _setting_key(q, seeds) == settings[gi] and q.status == "ok")
+        label = _setting_label({k: r.overrides.get(k, "") for k in shown}) or r.path.name
+        label += f" (n={n})" if n > 1 else ""
+        if gi in labelled or gi >= max_legend:
+            label = None
+        labelled.add(gi)
+        for ax, (key, _, _) in zip(axes[0], panels):
+            pts = c[key]
+            if pts:
                 scale = 100.0 if key == "accuracy" else 1.0
                 ax.plot([p[0] for p in pts], [p[1] * scale for p in pts], color=color, lw=1.1, alpha=0.8,
-                        marker="o" if key == "accuracy" else None, ms=2.5,
-                        label=label if ci == 0 and gi < max_legend else None)
+                        ls="-" if r.status == "ok" else "--", marker="o" if key == "accuracy" else None,
+                        ms=2.5, label=label)
     functional = {str(r.summary.get("functional")) for r in runs if r.summary.get("functional")}
     objective_label = f"objective F ({next(iter(functional))})" if len(functional) == 1 else "objective F"
-    for ax, (key, xlabel, ylabel) in zip(axes[0], panels):
-        ylabel = ylabel if key == "accuracy" else objective_label
+    positive = all(y > 0 for _, c in curves for _, y in c["objective"])
+    for ax, (key, xlabel, title) in zip(axes[0], panels):
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel("oracle accuracy (%)" if key == "accuracy" else objective_label)
+        ax.set_title(title, fontsize=9)
         if key != "accuracy" and positive:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0][0].set_title("objective against flow step", fontsize=9)
-    for ax, (key, _, _) in zip(axes[0], panels):
-        if key == "objective_time":
-            ax.set_title("objective against flow time", fontsize=9)
-        if key == "accuracy":
-            ax.set_title("frozen oracle's accuracy on the particles", fontsize=9)
-    n_runs = sum(len(cs) for _, cs in groups)
-    fig.suptitle(f"{n_runs} runs, {len(groups)} settings" + (f"; {len(groups) - max_legend} more settings "
-                 "not in the legend" if len(groups) > max_legend else ""), fontsize=10)
+    not_ok = sum(1 for r, _ in curves if r.status != "ok")
+    title = f"{len(curves)} runs, {len(settings)} settings" + (f" ({not_ok} not finished: dashed)" if not_ok else "")
+    if len(settings) > max_legend:
+        title += f"; {len(settings) - max_legend} settings not in the legend"
+    fig.suptitle(title, fontsize=10)
     axes[0][-1].legend(fontsize=6.5, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -617,6 +626,10 @@ def plot_heatmap(runs: list[RunRecord], metric: str, path: Path, over=None) -> P
             bright = (1 - frac) if lower_is_better else frac  # viridis is light at its top end
             color = "black" if bright > 0.6 else "white"
         ax.text(j, i, text, ha="center", va="center", fontsize=7.5, color=color)
+    for i, yv in enumerate(ys):  # pairs of values no job ran
+        for j, xv in enumerate(xs):
+            if (yv, xv) not in cells:
+                ax.text(j, i, "not run", ha="center", va="center", fontsize=7.5, color="black")
     ax.set_xticks(range(len(xs)), xs)
     ax.set_yticks(range(len(ys)), ys)
     ax.set_xlabel(kx)
