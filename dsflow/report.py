@@ -552,9 +552,12 @@ def plot_curves(runs: list[RunRecord], path: Path, over=None, max_legend: int = 
     if len(settings) > max_legend:
         title += f"; {len(settings) - max_legend} settings not in the legend"
     fig.suptitle(title, fontsize=10)
-    axes[0][-1].legend(fontsize=6.5, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if labels:  # beside the panels, where it hides no curve
+        fig.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.93),
+                   title="setting (n: seeds)" if seeds else "setting", title_fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
