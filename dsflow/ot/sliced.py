@@ -150,6 +150,47 @@ def _mean_abs_pow(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
     return (diff * diff if p == 2 else diff.pow(p)).mean(-1)
 
 
+def merged_grid(n: int, m: int, device=None):
+    """``(ia, ib, du)``: the merged breakpoints of two uniform quantile functions of ``n`` and ``m``
+    atoms, in exact integer arithmetic.  On the ``k``-th interval of the merged grid (length
+    ``du[k]``) the quantile functions are the atoms ``ia[k]`` and ``ib[k]`` of the sorted samples,
+    so ``W_p^p = sum_k du[k] |a[ia[k]] - b[ib[k]]|^p``.  The breakpoints ``i/n`` and ``j/m`` are
+    the integers ``i m`` and ``j n`` over ``n m``: no rounding decides their order."""
+    ticks = torch.unique(torch.cat([torch.arange(1, n + 1) * m, torch.arange(1, m + 1) * n]))  # sorted
+    du = torch.diff(ticks, prepend=ticks.new_zeros(1)).to(torch.float64) / (n * m)
+    ia = (ticks + m - 1) // m - 1  # ceil(t / m) - 1: the atom of A whose step covers (t_prev, t]
+    ib = (ticks + n - 1) // n - 1
+    return ia.to(device), ib.to(device), du.to(device)
+
+
+def _uniform_merged_pairs(A: _SortedClasses, B: _SortedClasses, p: float, max_elements: int, out):
+    """Exact ``W_p^p`` for uniform weights and unequal sizes: the pairs of classes of the same
+    sizes share one merged grid (`merged_grid`), which is the same on every direction, so a pair
+    costs two gathers and a weighted sum instead of a sort and two searches per direction
+    (measured: 1.1 -> 0.1 s for the two SW matrices of the digits, 10 classes of 88-92 in 64-d,
+    L = 500)."""
+    L = A.values.shape[1]
+    sizes_a, sizes_b = A.counts.tolist(), B.counts.tolist()
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, na in enumerate(sizes_a):
+        for j, nb in enumerate(sizes_b):
+            groups.setdefault((na, nb), []).append((i, j))
+    device, dtype = out.device, out.dtype
+    for (na, nb), pairs in groups.items():
+        ia, ib, du = merged_grid(na, nb, device)
+        du = du.to(dtype)
+        per_pair = L * du.numel() * 3
+        size = max(1, max_elements // max(1, per_pair))
+        pairs_t = torch.tensor(pairs, device=device)
+        for start in range(0, len(pairs), size):
+            i, j = pairs_t[start:start + size, 0], pairs_t[start:start + size, 1]
+            qa = A.values[i].index_select(2, ia)  # (P, L, K): padding is never read (ia < na)
+            qb = B.values[j].index_select(2, ib)
+            diff = (qa - qb).abs()
+            out[i, j] = ((diff * diff if p == 2 else diff.pow(p)) * du).sum(-1)
+    return out
+
+
 def _exact_pairs(A: _SortedClasses, B: _SortedClasses, p: float, max_elements: int) -> torch.Tensor:
     """``(k1, k2, L)`` exact ``W_p^p`` of every pair along every direction."""
     k1, L, n = A.values.shape
@@ -163,6 +204,8 @@ def _exact_pairs(A: _SortedClasses, B: _SortedClasses, p: float, max_elements: i
             return _PairMeanSquare.apply(A.values, B.values, rows)
         return torch.cat([_mean_abs_pow(A.values[i0:i0 + rows, None], B.values[None], p)
                           for i0 in range(0, k1, rows)]) if k1 else out
+    if A.uniform and B.uniform:  # unequal sizes, uniform weights: the merge is the same on every direction
+        return _uniform_merged_pairs(A, B, p, max_elements, out)
     for chunk in _pair_chunks(k1, k2, L * 4 * (n + m), max_elements):  # merged breakpoints
         i, j = chunk[:, 0].to(out.device), chunk[:, 1].to(out.device)
         ca, cb = A.cdf[i].contiguous(), B.cdf[j].contiguous()

@@ -186,8 +186,8 @@ def _needs_correspondence(mode, source_classes, oracle_classes) -> bool:
     return bool(mode)
 
 
-def _classifier(oracle, source, target, mode):
-    from dsflow.oracle.correspondence import ComposedClassifier, correspondence_from_data
+def _classifier(oracle, source, target, mode, matching: str = "otdd"):
+    from dsflow.oracle.correspondence import ComposedClassifier, correspondence_by
 
     sc, oc = source.classes, oracle.classes.detach().cpu()
     if not _needs_correspondence(mode, sc, oc):
@@ -198,7 +198,7 @@ def _classifier(oracle, source, target, mode):
             f"oracle: the class correspondence needs the flow target's classes {tc.tolist()} to equal the oracle's "
             f"{oc.tolist()} (label distances are computed between source and target)"
         )
-    corr = correspondence_from_data(source.detach(), target.detach()).to(oracle.classes.device)
+    corr = correspondence_by(matching, source.detach(), target.detach()).to(oracle.classes.device)
     return ComposedClassifier(oracle, corr), corr
 
 
@@ -274,6 +274,13 @@ class RepurposeTask(Task):
         task = cfg.get("task")
         if task is not None:
             check_number(task, "holdout", minimum=0, example="task.holdout=0.2", prefix="task.")
+        oracle = cfg.get("oracle")
+        if oracle is not None and hasattr(oracle, "get") and oracle.get("matching") is not None:
+            from dsflow.oracle.correspondence import MATCHINGS
+
+            if oracle.get("matching") not in MATCHINGS:
+                raise ValueError(f"oracle.matching={oracle.get('matching')!r}: choose one of {', '.join(MATCHINGS)} "
+                                 "(how each flowed class is given a target class), e.g. oracle.matching=w2")
 
     # ------------------------------------------------------------------ hooks
     def prepare(self, run) -> TaskOutput:
@@ -337,7 +344,8 @@ class RepurposeTask(Task):
         true_y = self.true_y = true_y.to(run.source.y.device)
         # the correspondence maps the oracle's classes to the classes we are scored on: the TRUE
         # labels (for pseudo-labelled runs too: the flow itself never sees them)
-        classifier, corr = _classifier(oracle, run.source.with_(y=true_y), run.target, mode)
+        matching = self._matching = str(cfg.get("matching", "otdd"))
+        classifier, corr = _classifier(oracle, run.source.with_(y=true_y), run.target, mode, matching)
         self._classifier, self._corr = classifier, corr
         every, steps = int(cfg.get("eval_every") or 10), int(run.cfg.steps)
         if corr is None:
@@ -348,7 +356,7 @@ class RepurposeTask(Task):
             source, target = run.source, run.target
 
             def rebuild(state):
-                return _classifier(oracle, source.with_(x=state.x.detach(), y=true_y), target, mode)[0]
+                return _classifier(oracle, source.with_(x=state.x.detach(), y=true_y), target, mode, matching)[0]
 
             monitor = _refreshing_monitor(classifier, rebuild, every=every, labels=true_y, final_step=steps)
         self._monitor = monitor
@@ -380,7 +388,8 @@ class RepurposeTask(Task):
         flowed, true_y = run.flowed, self.true_y.to(run.flowed.y.device)
         classifier_after, corr_after = self._classifier, self._corr
         if self._corr is not None:
-            classifier_after, corr_after = _classifier(oracle, flowed.with_(y=true_y), run.target, mode)
+            classifier_after, corr_after = _classifier(oracle, flowed.with_(y=true_y), run.target, mode,
+                                                       self._matching)
         ev = evaluate(classifier_after, flowed.x, true_y.to(flowed.x.device))
         result = getattr(run, "result", None)
         summary: dict[str, Any] = dict(
