@@ -548,7 +548,11 @@ def plot_curves(runs: list[RunRecord], path: Path, over=None, max_legend: int = 
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     not_ok = sum(1 for r, _ in curves if r.status != "ok")
-    title = f"{len(curves)} runs, {len(settings)} settings" + (f" ({not_ok} not finished: dashed)" if not_ok else "")
+    def count(k: int, word: str) -> str:
+        return f"{k} {word}" + ("" if k == 1 else "s")
+
+    title = f"{count(len(curves), 'run')}, {count(len(settings), 'setting')}" + (
+        f" ({not_ok} not finished: dashed)" if not_ok else "")
     if len(settings) > max_legend:
         title += f"; {len(settings) - max_legend} settings not in the legend"
     fig.suptitle(title, fontsize=10)
