@@ -654,11 +654,23 @@ def plot_heatmap(runs: list[RunRecord], metric: str, path: Path, over=None) -> P
 LEGACY_TASKS = (("source_labels", "dsflow.tasks.repurpose.RepurposeTask"),)
 
 
-def task_tables(runs: list[RunRecord]) -> dict[str, str]:
-    """``{file stem: markdown}``: the tables of every task that ran in ``runs``, each asked
-    for over its own runs (`dsflow.tasks.base.Task.tables`)."""
+def task_figures(runs: list[RunRecord]) -> dict:
+    """``{file stem: draw(path)}``: the figures of every task that ran in ``runs``
+    (`dsflow.tasks.base.Task.figures`); a task whose class cannot be imported has none."""
     from hydra.utils import get_class
 
+    figures: dict = {}
+    for name, task_runs in _runs_by_task(runs).items():
+        try:
+            cls = get_class(name)
+        except Exception:  # noqa: BLE001 - task_tables already reports the missing class
+            continue
+        figures.update(cls.figures(task_runs))
+    return figures
+
+
+def _runs_by_task(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """The runs of each task class (by name), legacy runs by the key only their summaries have."""
     by_task: dict[str, list[RunRecord]] = {}
     for r in runs:
         name = r.summary.get("task_class")
@@ -666,8 +678,16 @@ def task_tables(runs: list[RunRecord]) -> dict[str, str]:
             name = next((cls for key, cls in LEGACY_TASKS if key in r.summary), None)
         if name is not None:
             by_task.setdefault(str(name), []).append(r)
+    return by_task
+
+
+def task_tables(runs: list[RunRecord]) -> dict[str, str]:
+    """``{file stem: markdown}``: the tables of every task that ran in ``runs``, each asked
+    for over its own runs (`dsflow.tasks.base.Task.tables`)."""
+    from hydra.utils import get_class
+
     tables: dict[str, str] = {}
-    for name, task_runs in by_task.items():
+    for name, task_runs in _runs_by_task(runs).items():
         try:
             cls = get_class(name)
         except Exception as err:  # noqa: BLE001 - a task module that is gone must not stop the report
@@ -755,6 +775,9 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
         written[stem] = out_dir / f"{stem}.md"
         md.append("\n## " + table.lstrip("# ").split("\n", 1)[0] + "\n\n" + table.split("\n", 1)[-1].lstrip("\n"))
     if plots:
+        for stem, draw in task_figures(runs).items():
+            draw(out_dir / f"{stem}.png")
+            written[stem + "_png"] = out_dir / f"{stem}.png"
         md.append("\n## Figures\n")
         p = plot_curves(runs, out_dir / "report_curves.png", over)
         if p is not None:

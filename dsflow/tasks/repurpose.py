@@ -491,8 +491,132 @@ class RepurposeTask(Task):
     # ------------------------------------------------------------------ report
     @classmethod
     def tables(cls, runs) -> dict[str, str]:
+        out = {}
         text = table1(runs)
-        return {"table1": "# Table 1 (Alvarez-Melis & Fusi 2021 layout)\n\n" + text} if text else {}
+        if text:
+            out["table1"] = "# Table 1 (Alvarez-Melis & Fusi 2021 layout)\n\n" + text
+        families = families_table(runs)
+        if families:
+            out["families"] = families
+        return out
+
+    @classmethod
+    def figures(cls, runs) -> dict:
+        if len({run_family(r) for r in runs if r.status == "ok"}) < 2:
+            return {}
+        return {"families_accuracy_vs_time": lambda path: plot_families(runs, path)}
+
+
+def run_family(r) -> str:
+    """The flow family of a run: the ``family`` config group it chose (`configs/family`), else
+    its functional's class (``OTDD``, ``MMDSW``, ...)."""
+    return str(r.choices.get("family") or r.summary.get("functional") or "?")
+
+
+def _mean_std(values) -> str:
+    vals = [v for v in (_to_number(x) for x in values) if v is not None]
+    if not vals:
+        return ""
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{mean:.4g}"
+    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5  # sample std (n - 1)
+    return f"{mean:.4g} ± {std:.2g}"
+
+
+FAMILY_COLUMNS = (("accuracy (%)", "accuracy_after", 100.0), ("final objective", "objective_after", 1.0),
+                  ("wall time (s)", "wall_time_s", 1.0), ("flow time (s)", "flow_time_s", 1.0),
+                  ("time per step (s)", "time_per_step_s", 1.0), ("steps", "steps_done", 1.0))
+
+
+def families_table(runs) -> str | None:
+    """Flow families compared on one task (``dsflow -m +experiment=otdd_vs_wow``): one row per
+    family and setting (the swept keys other than the family and the seed), mean ± std over
+    the seeds, or None when the runs are of one family."""
+    ok = [r for r in runs if r.status == "ok"]
+    if len({run_family(r) for r in ok}) < 2:
+        return None
+    ignore = {"seed", "family", "+family"}
+    # the settings that tell rows apart: swept keys whose value differs between runs
+    keys = {k for r in ok for k in r.overrides if k not in ignore}
+    settings = sorted(k for k in keys if len({str(r.overrides.get(k, "")) for r in ok}) > 1)
+    groups: dict[tuple, list] = {}
+    for r in ok:
+        key = (run_family(r), *(str(r.overrides.get(k, "")) for k in settings))
+        groups.setdefault(key, []).append(r)
+    header = ["family", *settings, "runs", *(name for name, _, _ in FAMILY_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for key in sorted(groups):
+        rs = groups[key]
+        cells = [_mean_std([None if r.summary.get(m) is None else scale * float(r.summary[m]) for r in rs])
+                 for _, m, scale in FAMILY_COLUMNS]
+        lines.append("| " + " | ".join([*key, str(len(rs)), *cells]) + " |")
+    note = ("\nFrozen-classifier accuracy on the flowed particles; mean ± sample std over the runs of a row "
+            "(seeds). Wall time: the whole run (data, oracle, flow, evaluation); flow time: the particle "
+            "steps alone; time per step = flow time / steps. The objectives are each family's own "
+            "(OTDD² or ½MMD²): compare them within a family only.\n")
+    return "# Flow families on one task\n\n" + "\n".join(lines) + "\n" + note
+
+
+def _accuracy_against_time(r):
+    """``[(wall s, flow s, accuracy)]`` through a run: ``(0 flow s, accuracy_before)`` first, then
+    its metrics.jsonl rows that carry an accuracy (``wall_time``: since the run started;
+    ``time``: the engine's cumulative step time)."""
+    import json
+
+    points = []
+    before = _to_number(r.summary.get("accuracy_before"))
+    path = r.path / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    timed = [row for row in rows if row.get("wall_time") is not None]
+    rows = [row for row in timed if row.get("accuracy") is not None]
+    if before is not None and timed:
+        first = timed[0]  # the flow started one step (its step_time) before its first row
+        points.append((float(first["wall_time"]) - float(first.get("step_time") or 0.0), 0.0, before))
+    points += [(float(row["wall_time"]), float(row.get("time") or 0.0), float(row["accuracy"])) for row in rows]
+    return points
+
+
+def plot_families(runs, path):
+    """Accuracy of the frozen classifier through each run against wall time (since the run
+    started: data, oracle, flow) and against flow time (the particle steps alone), one line per
+    run, one colour per family (the figure of ``otdd_vs_wow``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    families = sorted({run_family(r) for r in runs if r.status == "ok"})
+    colours = {f: plt.get_cmap("tab10")(i) for i, f in enumerate(families)}
+    seen = set()
+    for r in sorted((r for r in runs if r.status == "ok"), key=lambda r: str(r.path)):
+        pts = _accuracy_against_time(r)
+        if not pts:
+            continue
+        fam = run_family(r)
+        wall, flow, acc = zip(*pts)
+        for ax, t in zip(axes, (wall, flow)):
+            ax.plot(t, [100 * v for v in acc], "-o", ms=3, color=colours[fam], alpha=0.8,
+                    label=None if fam in seen else fam)
+        seen.add(fam)
+    axes[0].set_xlabel("wall time since the run started (s)")
+    axes[1].set_xlabel("flow time: the particle steps alone (s)")
+    axes[0].set_ylabel("frozen-classifier accuracy on the particles (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="family")
+    fig.suptitle("Flow families on one task: accuracy through the flow")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _to_number(value):
