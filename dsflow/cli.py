@@ -237,6 +237,10 @@ def _interrupted_message(exc: BaseException, work: str = "flow") -> str:
 
     name = signal_name(getattr(exc, "signum", 2))
     stopped = next((j for j in reversed(JOBS) if j.status == "interrupted"), None)
+    from dsflow import sweeps
+
+    if stopped is None and sweeps.SWEEPS:  # the jobs ran in other processes: their records follow
+        return f"dsflow: interrupted by {name}: the sweep stopped; what its jobs recorded:"
     if stopped is None or not os.path.isfile(os.path.join(stopped.run_dir, "summary.json")):
         return f"dsflow: interrupted by {name} during start-up, before any output was written"
     if stopped.steps_done:
@@ -261,6 +265,10 @@ def _main(app, work: str = "flow") -> None:
         app()
     except KeyboardInterrupt as exc:  # SIGINT (Ctrl-C) or SIGTERM: 130 / 143, one line
         print(_interrupted_message(exc, work), file=sys.stderr, flush=True)
+        if sweeps.SWEEPS and not any(j.status == "interrupted" for j in JOBS):
+            for state in sweeps.SWEEPS:
+                sweeps.settle(state)  # the job processes are writing their "interrupted"
+                sweeps.report(state)
         sys.exit(exit_code_of(exc))
     except SystemExit as exc:  # Hydra's own error exit: e.g. a launcher whose job process died
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -79,8 +79,8 @@ class JobRecord:
         what = {
             "failed": f"failed: {self.error}",
             "interrupted": f"interrupted: {self.error}",
-            "running": "still 'running' after the sweep: the job died without recording its end "
-                       "(kill -9, out of memory, a lost node); see its dsflow.log",
+            "running": "still 'running' after the sweep: it runs on elsewhere, or died without recording "
+                       "its end (kill -9, out of memory, a lost node); see its dsflow.log",
             "missing": "no summary.json: the job stopped before its run started; see its dsflow.log",
         }.get(self.status, f"status {self.status!r}")
         own = [o for o in self.overrides if o not in common] or [f"job {self.run_dir.name}"]
@@ -164,6 +164,20 @@ def sweep_jobs(state: SweepState) -> list[JobRecord]:
     return jobs
 
 
+def settle(state: SweepState, timeout: float = 15.0, poll: float = 0.25) -> None:
+    """Wait (at most ``timeout`` s) for the jobs still ``running`` to record their end: after a
+    Ctrl-C the job processes finish their current step and write ``status: interrupted`` while
+    the launching process is already reporting.  A second Ctrl-C stops the wait."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and any(j.status == "running" for j in sweep_jobs(state)):
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        pass
+
+
 def report(state: SweepState, messages: dict | None = None, stream=None) -> int:
     """Print the sweep's bad jobs (one line each) on ``stream`` (stderr); 1 when any."""
     stream = stream or sys.stderr
@@ -180,10 +194,11 @@ def report(state: SweepState, messages: dict | None = None, stream=None) -> int:
             print(f"dsflow: sweep {state.sweep_dir}: {len(jobs)} jobs ok{note}", file=stream, flush=True)
         return 0
     common = frozenset.intersection(*(frozenset(j.overrides) for j in jobs)) if len(jobs) > 1 else frozenset()
-    print(f"dsflow: {len(bad)} of {len(jobs)} jobs failed{note} (sweep {state.sweep_dir}):", file=stream)
+    what = "failed" if all(job.status == "failed" for job in bad) else "did not end ok"
+    print(f"dsflow: {len(bad)} of {len(jobs)} jobs {what}{note} (sweep {state.sweep_dir}):", file=stream)
     for job in bad:
         print(job.line(common), file=stream)
-    print("  re-run the others alone, skipping the ok jobs: the same command with "
+    print("  to run only these again (the ok jobs are skipped): the same command with "
           f"hydra.sweep.dir={state.sweep_dir} sweep.resume=true", file=stream, flush=True)
     return 1
 

@@ -121,6 +121,35 @@ def test_joblib_sweep_then_a_resumed_sweep_skips_the_ok_job(tmp_path):
     assert "2 jobs ok (1 skipped" in resumed.stderr
 
 
+@pytest.mark.slow
+def test_ctrl_c_on_a_joblib_sweep_reports_each_interrupted_worker_job(tmp_path):
+    """Ctrl-C reaches the whole process group: each worker's job stops at a step boundary and
+    records ``interrupted``; the command waits for those records, lists them, exits 130."""
+    import signal
+    import time
+
+    sweep = tmp_path / "sweep"
+    args = [DSFLOW, "-m", *TINY, f"source.path={write_source(tmp_path / 'a.npz')}", "steps=1000000", "seed=0,1",
+            "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not all(
+                (sweep / str(i) / "metrics.jsonl").is_file() and (sweep / str(i) / "metrics.jsonl").stat().st_size
+                for i in (0, 1)):
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out + err
+    lines = failed_lines(err)
+    assert len(lines) == 2 and all("interrupted: interrupted by SIGINT after" in line for line in lines), err
+    assert [summary(sweep / str(i))["status"] for i in (0, 1)] == ["interrupted", "interrupted"]
+
+
 # ----------------------------------------------------------------------------- the record, in-process
 def make_job(sweep: Path, num: int, overrides: list, status: str | None, **extra) -> Path:
     job = sweep / str(num)
@@ -147,7 +176,7 @@ def test_report_counts_failed_interrupted_running_and_missing_jobs(tmp_path, cap
     assert report(state) == 1
     err = capsys.readouterr().err
     lines = failed_lines(err)
-    assert "4 of 5 jobs failed" in err and len(lines) == 4 and str(stale) not in err
+    assert "4 of 5 jobs did not end ok" in err and len(lines) == 4 and str(stale) not in err
     assert lines[0].startswith("  [seed=1] failed: x: ValueError: bad -> ")  # steps=5 is common to all
     assert "[seed=2] interrupted: interrupted by SIGTERM after 2 of 5 steps" in lines[1]
     assert "[seed=3] still 'running'" in lines[2] and "[seed=4] no summary.json" in lines[3]
