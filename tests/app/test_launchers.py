@@ -124,7 +124,8 @@ def test_joblib_sweep_then_a_resumed_sweep_skips_the_ok_job(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_on_a_joblib_sweep_reports_each_interrupted_worker_job(tmp_path):
     """Ctrl-C reaches the whole process group: each worker's job stops at a step boundary and
-    records ``interrupted``; the command waits for those records, lists them, exits 130."""
+    records ``interrupted``, unless joblib, aborting, kills its worker first (then the record
+    stays ``running``); the command waits for the records, lists each job, exits 130."""
     import signal
     import time
 
@@ -146,8 +147,12 @@ def test_ctrl_c_on_a_joblib_sweep_reports_each_interrupted_worker_job(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, out + err
     lines = failed_lines(err)
-    assert len(lines) == 2 and all("interrupted: interrupted by SIGINT after" in line for line in lines), err
-    assert [summary(sweep / str(i))["status"] for i in (0, 1)] == ["interrupted", "interrupted"]
+    assert len(lines) == 2 and "2 of 2 jobs did not end ok" in err, err
+    for i, line in enumerate(lines):
+        status = summary(sweep / str(i))["status"]
+        assert status in ("interrupted", "running")
+        assert (f"interrupted: interrupted by SIGINT after" if status == "interrupted" else "still 'running'") in line
+    assert any(summary(sweep / str(i))["status"] == "interrupted" for i in (0, 1)), err
 
 
 # ----------------------------------------------------------------------------- the record, in-process
