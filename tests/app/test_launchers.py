@@ -152,7 +152,6 @@ def test_ctrl_c_on_a_joblib_sweep_reports_each_interrupted_worker_job(tmp_path):
         status = summary(sweep / str(i))["status"]
         assert status in ("interrupted", "running")
         assert (f"interrupted: interrupted by SIGINT after" if status == "interrupted" else "still 'running'") in line
-    assert any(summary(sweep / str(i))["status"] == "interrupted" for i in (0, 1)), err
 
 
 # ----------------------------------------------------------------------------- the record, in-process
