@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -334,6 +335,50 @@ def _refuse_moved_keys(args: list[str]) -> None:
             sys.exit(1)
 
 
+#: Hydra plugins dsflow has configs for: (config group, option) -> (plugin module, extra, PyPI package)
+PLUGINS = {
+    ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "launchers", "hydra-submitit-launcher"),
+    ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "launchers", "hydra-submitit-launcher"),
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "launchers", "hydra-joblib-launcher"),
+    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna", "hydra-optuna-sweeper"),
+}
+
+
+def _wanted_plugins(args: list[str]) -> list[tuple[str, tuple]]:
+    """``(what asked for it, PLUGINS entry)`` for each plugin the command line needs: picked
+    directly (``hydra/launcher=joblib``) or by an experiment whose defaults pick it."""
+    wanted = []
+    for arg in _overrides_of(args):
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if (key, value) in PLUGINS:
+            wanted.append((arg, PLUGINS[key, value]))
+        elif key == "experiment" and re.fullmatch(r"[\w.-]+", value or ""):
+            from importlib import resources
+
+            try:
+                text = (resources.files("dsflow.configs") / "experiment" / f"{value}.yaml").read_text()
+            except OSError:
+                continue  # Hydra names the missing experiment itself
+            for (group, option), plugin in PLUGINS.items():
+                if re.search(rf"override\s+/{re.escape(group)}\s*:\s*{option}\b", text):
+                    wanted.append((arg, plugin))
+    return wanted
+
+
+def _require_plugins(args: list[str]) -> None:
+    """A launcher or sweeper whose plugin is not installed: one line with the install command,
+    instead of Hydra's "Could not find" or an import error deep in instantiate."""
+    from importlib.util import find_spec
+
+    for asked, (module, extra, package) in _wanted_plugins(args):
+        if find_spec(module) is None:
+            print(f"dsflow: error: {asked} needs the Hydra plugin {package}, which is not installed; install "
+                  f"dsflow's '{extra}' extra: pip install -c constraints.txt -e '.[{extra}]' (or pip install "
+                  f"{package})", file=sys.stderr)
+            sys.exit(1)
+
+
 def main() -> None:
     """``dsflow [overrides]``: flow a labeled dataset; ``dsflow -m ...`` for a sweep.
 
@@ -344,6 +389,7 @@ def main() -> None:
     """
     args = sys.argv[1:]
     _refuse_moved_keys(args)
+    _require_plugins(args)
     if wants_default_experiment(args):
         if not any(a.split("=", 1)[0] in _INFO_FLAGS for a in args):
             print("dsflow: running the default experiment (configs/experiment/default.yaml; "

@@ -71,6 +71,23 @@ def test_a_misspelt_launcher_key_is_refused(tmp_path):
     assert proc.returncode != 0 and "timout_min" in proc.stderr
 
 
+def test_a_missing_plugin_is_named_with_its_install_command(monkeypatch, capsys):
+    import importlib.util
+
+    from dsflow import cli
+
+    real = importlib.util.find_spec
+    missing = {"hydra_plugins.hydra_submitit_launcher", "hydra_plugins.hydra_optuna_sweeper"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
+    for args, extra in ((["-m", "hydra/launcher=submitit_slurm", "seed=0,1"], "launchers"),
+                        (["-m", "+experiment=optuna_digits"], "optuna")):
+        with pytest.raises(SystemExit):
+            cli._require_plugins(args)
+        err = capsys.readouterr().err
+        assert f"pip install -c constraints.txt -e '.[{extra}]'" in err and args[1] in err
+    cli._require_plugins(["-m", "hydra/launcher=joblib", "+experiment=default"])  # installed: no objection
+
+
 # ----------------------------------------------------------------------------- real sweeps
 def test_submitit_local_sweep_exits_non_zero_when_a_child_job_fails(tmp_path):
     """Two jobs in submitit subprocesses; job 1's source file is missing, so it fails in its
