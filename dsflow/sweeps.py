@@ -52,6 +52,7 @@ class SweepState:
     sweep_dir: Path
     before: dict = field(default_factory=dict)  # job record file -> (mtime_ns, size) at the start
     resume: bool = False
+    resumable: bool = True  # the app has ``sweep.resume`` (dsflow does, dsflow-distance does not)
 
 
 #: sweeps launched by this process (the CLI reports them at exit)
@@ -198,8 +199,10 @@ def report(state: SweepState, messages: dict | None = None, stream=None) -> int:
     print(f"dsflow: {len(bad)} of {len(jobs)} jobs {what}{note} (sweep {state.sweep_dir}):", file=stream)
     for job in bad:
         print(job.line(common), file=stream)
-    print("  to run only these again (the ok jobs are skipped): the same command with "
-          f"hydra.sweep.dir={state.sweep_dir} sweep.resume=true", file=stream, flush=True)
+    if state.resumable:
+        print("  to run only these again (the ok jobs are skipped): the same command with "
+              f"hydra.sweep.dir={state.sweep_dir} sweep.resume=true", file=stream)
+    stream.flush()
     return 1
 
 
@@ -289,7 +292,8 @@ class SweepRecord(Callback):
                       "overwrite=true, or pick another hydra.sweep.dir", file=sys.stderr, flush=True)
                 raise SystemExit(1)  # Hydra turns an Exception from a callback into a warning
         _check_sweeper_direction(config)
-        SWEEPS.append(SweepState(sweep_dir, snapshot(sweep_dir) if sweep_dir.is_dir() else {}, resume))
+        SWEEPS.append(SweepState(sweep_dir, snapshot(sweep_dir) if sweep_dir.is_dir() else {}, resume,
+                                 resumable="sweep" in config))
 
 
 def _check_sweeper_direction(config) -> None:
