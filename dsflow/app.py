@@ -372,7 +372,7 @@ def flow_options(ctx: RunContext) -> dict:
 #: out too (e.g. ``task.pushforward``); the rest of ``task`` is in (``task.holdout``,
 #: ``task.source_labels``, ``task.pseudo_labels``: they change what flows).
 FINGERPRINT_EXCLUDED = ("steps", "progress", "plot", "logger", "name", "threads", "device", "output_dir",
-                        "overwrite", "oracle")
+                        "overwrite", "oracle", "sweep")
 FINGERPRINT_EXCLUDED_FLOW = ("checkpoint_every", "checkpoint_dir", "keep_checkpoints", "resume",
                              "resume_ignore_config", "trajectory_every", "trajectory_dtype", "trajectory_path",
                              "evaluate_final", "progress")

@@ -30,6 +30,23 @@ SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 
 
+def error_line(exc: BaseException) -> str:
+    """One line for a failed run (``error_line`` in ``summary.json``, the line a sweep prints
+    per failed job): Hydra's ``InstantiationException`` (three lines: the target, the ``repr``
+    of the real error, ``full_key``) becomes ``KEY: Error: message``."""
+    import re
+
+    from hydra.errors import InstantiationException
+
+    key = ""
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        found = re.search(r"full_key: (\S+)", str(exc))
+        key = key or (found.group(1) if found else "")
+        exc = exc.__cause__
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+    return f"{key}: {text}" if key else text
+
+
 class RunRecord:
     """``with RunRecord(run_dir, config) as record: ...`` (see the module docstring).
 
@@ -125,7 +142,7 @@ class RunRecord:
                 exc.summary = summary
             else:
                 summary.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                               error_type=type(exc).__name__,
+                               error_line=error_line(exc), error_type=type(exc).__name__,
                                traceback="".join(traceback.format_exception(exc_type, exc, tb)))
         finally:
             summary["wall_time_s"] = time.perf_counter() - self._start
@@ -135,4 +152,4 @@ class RunRecord:
             self._write_summary(final=True)
 
 
-__all__ = ["RunRecord", "SUMMARY_FILE", "CONFIG_FILE"]
+__all__ = ["RunRecord", "SUMMARY_FILE", "CONFIG_FILE", "error_line"]

@@ -46,6 +46,10 @@ class Task:
     #: options (keys of ``task.*``) used only after the flow: left out of the resume
     #: fingerprint (`dsflow.app.flow_fingerprint`), so a resume may change them
     after_flow_options: tuple[str, ...] = ()
+    #: the ``summary.json`` key a sweep optimises (``dsflow -m`` returns it to the sweeper, e.g.
+    #: Optuna's; ``sweep.metric=KEY`` picks another) and whether larger or smaller is better
+    optimized_metric: str = "objective_after"
+    optimized_direction: str = "minimize"  # minimize | maximize (Optuna's hydra.sweeper.direction)
 
     def __init__(self, name: str | None = None):
         if name is not None:
@@ -63,6 +67,17 @@ class Task:
 
     def finish(self, run) -> TaskOutput:
         return TaskOutput()
+
+    @classmethod
+    def optimized_value(cls, summary: dict, metric: str | None = None) -> float | None:
+        """The float a sweeper optimises: ``summary[metric or optimized_metric]``; None (the
+        sweeper's "failed trial") when the run did not record a finite number under that key."""
+        import math
+
+        value = (summary or {}).get(metric or cls.optimized_metric)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None
+        return float(value)
 
     @classmethod
     def tables(cls, runs) -> dict[str, str]:

@@ -252,6 +252,8 @@ class RepurposeTask(Task):
     name = "repurpose"
     # the push-forward map is fitted after the flow: its options do not move the particles
     after_flow_options = ("pushforward",)
+    optimized_metric = "accuracy_after"  # the frozen classifier's accuracy on the flowed particles
+    optimized_direction = "maximize"
 
     def __init__(self, name: str | None = None, *, source_labels: Any = True, holdout: Any = 0,
                  pseudo_labels: dict | None = None, pushforward: dict | None = None):
