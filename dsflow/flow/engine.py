@@ -3,7 +3,8 @@
 One step ``t`` (state ``z_t`` -> ``z_{t+1}``):
 
 1. ``F(z_t)`` and its parts are evaluated and differentiated (autograd) with respect to the
-   tensors the dynamics move (``dynamics.param_groups``);
+   tensors the dynamics move (``dynamics.param_groups``); a class-mass functional (WoW) has
+   each particle's gradient divided by its mass (``objective.particle_masses``);
 2. NaN guard: a non-finite value or gradient raises `FlowDivergedError` (naming the step
    and the offending part) carrying the last finite state and the history so far;
 3. optional gradient clipping, then the optimizer step (``lr`` from the schedule);
@@ -21,7 +22,7 @@ rules around the optimizer step (clipping, noise, box) live in `dsflow.flow.rule
 divergence checks in `dsflow.flow.divergence`, and the checkpoint payload and resume in
 `dsflow.flow.checkpoint`.  The engine reads the objective only through the `Functional`
 interface (``evaluate``, ``parts``, ``temperature``, ``reset``, ``state_dict``,
-``velocity_factor``) and the dynamics through `Dynamics`.
+``velocity_factor``, ``particle_masses``) and the dynamics through `Dynamics`.
 
 A linear-algebra failure inside a step (``torch.linalg.LinAlgError``, an eigensolver that
 does not converge on particles thrown far away) is a divergence like a NaN: both mean the
@@ -251,6 +252,11 @@ class _FlowStep:
                 raise
             raise guard.linalg(step, err, "a linear-algebra routine failed on the particles") from err
         guard.check_value(step, fvalue, parts)
+        masses = objective.particle_masses(state.y)
+        if masses is not None and state.x.grad is not None:
+            # class-mass functionals (WoW): the velocity of particle i is grad_i / m_i
+            state.x.grad.div_(masses.to(device=state.x.device, dtype=state.x.dtype).reshape(
+                (-1,) + (1,) * (state.x.ndim - 1)))
         gnorm = _grad_norm(params)
         guard.check_gradient(step, gnorm, fvalue, params)
         if self.clip is not None:

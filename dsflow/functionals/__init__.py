@@ -3,6 +3,7 @@
 from dsflow.functionals.base import Functional, WeightedSum
 from dsflow.functionals.otdd import OTDD  # noqa: F401  (OTDD engine owner)
 from dsflow.functionals.entropy import Entropy
+from dsflow.functionals.mmd_sw import MMDSW
 from dsflow.functionals.interactions import ClassRepulsion, PairwiseInteraction, SquaredDistanceRepulsion
 from dsflow.functionals.potentials import (
     AffineNorm,
@@ -29,4 +30,5 @@ __all__ = [
     "ClassRepulsion",
     "SquaredDistanceRepulsion",
     "Entropy",
+    "MMDSW",
 ]

@@ -8,8 +8,11 @@ today is a particle average: for an empirical measure with uniform weights,
 ``1/n`` and its velocity is ``n`` times its gradient (``time_scaling = "particle_average"``,
 ``velocity_factor(y) = n``).  The app turns a flow time step into ``optimizer.lr`` by asking
 the functional for that factor, so ``time_step`` means a time step for every functional
-and every n; a family whose particles carry other masses (Wasserstein-over-Wasserstein
-flows: the mass of a particle within its class) declares another scaling.
+and every n.  A family whose particles carry other masses declares ``time_scaling =
+"class_mass"`` and its masses (`Functional.particle_masses`): the Wasserstein-over-Wasserstein
+flows (`dsflow.functionals.mmd_sw`), where particle ``i`` of class ``c`` has mass ``w_c / n_c``
+and velocity ``grad_i / m_i``; the engine divides each gradient by its mass, so ``lr`` is the
+time step (``velocity_factor = 1``).
 
 Internal energy (entropy, ``f(t) = t log t``) has no particle value; it is realised as
 Brownian noise in the update (Euler-Maruyama).  A functional advertises its temperature
@@ -26,8 +29,11 @@ from typing import Any, Mapping
 
 from dsflow.state import ParticleState
 
-#: The time scalings a functional can declare (see `Functional.velocity_factor`).
-TIME_SCALINGS = ("particle_average",)
+#: The time scalings a functional can declare (see `Functional.velocity_factor` and
+#: `Functional.particle_masses`): every particle of mass ``1/n`` (``particle_average``), or the
+#: mass ``w_c / n_c`` of its class in a distribution over class distributions (``class_mass``,
+#: the WoW flows: the engine divides each particle's gradient by its mass).
+TIME_SCALINGS = ("particle_average", "class_mass")
 
 
 class Functional:
@@ -90,6 +96,16 @@ class Functional:
                              f"{TIME_SCALINGS}; override velocity_factor for it")
         return int(y.shape[0])
 
+    def particle_masses(self, y):
+        """``None`` for a particle average (every particle has mass ``1/n``: the gradient is
+        scaled by one factor, `velocity_factor`, folded into ``lr``).  A functional with
+        ``time_scaling="class_mass"`` returns the ``(n,)`` float64 masses ``m_i`` of its
+        particles: the engine divides particle ``i``'s gradient by ``m_i`` before the optimizer
+        step, so the step follows the velocity ``grad_i / m_i``."""
+        if self.time_scaling == "particle_average":
+            return None
+        raise NotImplementedError(f"{type(self).__name__}: time_scaling={self.time_scaling!r} needs particle_masses")
+
     def __add__(self, other: "Functional") -> "WeightedSum":
         return WeightedSum({self.name: self, other.name: other})
 
@@ -124,15 +140,38 @@ class WeightedSum(Functional):
             self.terms[str(key)] = fn
             self.weights[str(key)] = w
         scalings = {k: f.time_scaling for k, f in self.terms.items()}
-        if len(set(scalings.values())) > 1:
-            raise ValueError(f"WeightedSum: the terms' gradients have different time scalings {scalings}: a sum "
-                             "of them has no single velocity; combine terms of one scaling")
+        unknown = {k: s for k, s in scalings.items() if s not in TIME_SCALINGS}
+        if unknown:
+            raise ValueError(f"WeightedSum: terms {unknown} declare time scalings that are not one of {TIME_SCALINGS}")
+        #: terms whose masses are per class (WoW); the particle-average terms are rescaled to them
+        self._class_mass_terms = [k for k, s in scalings.items() if s == "class_mass"]
 
     @property
     def time_scaling(self) -> str:  # type: ignore[override]
-        return next(iter(self.terms.values())).time_scaling
+        return "class_mass" if self._class_mass_terms else "particle_average"
+
+    def particle_masses(self, y):
+        """The class-mass terms' masses (they must agree), or ``None`` for a sum of particle
+        averages.  In a mixed sum every term keeps the velocity it has in its own flow: a
+        particle-average term's gradient ``grad_i F_k`` (velocity ``n grad_i F_k``) is
+        multiplied by ``n m_i`` inside `evaluate`, so that the engine's division by ``m_i``
+        gives back ``n grad_i F_k``.  With uniform class weights and equal class sizes
+        ``m_i = 1/n`` and nothing is rescaled."""
+        if not self._class_mass_terms:
+            return None
+        masses = None
+        for key in self._class_mass_terms:
+            m = self.terms[key].particle_masses(y)
+            if masses is not None and (m.shape != masses.shape or not bool(((m - masses).abs()
+                                                                             <= 1e-12 * masses).all())):
+                raise ValueError(f"WeightedSum: the class-mass terms {self._class_mass_terms} give the particles "
+                                 "different masses (class_weights differ); give them the same class_weights")
+            masses = m
+        return masses
 
     def velocity_factor(self, y) -> int:
+        if self._class_mass_terms:
+            return 1
         return next(iter(self.terms.values())).velocity_factor(y)
 
     def parts(self) -> Mapping[str, Functional]:
@@ -170,11 +209,22 @@ class WeightedSum(Functional):
             if k in self.terms:
                 self.terms[k].load_state_dict(sub)
 
+    def _rescaled_state(self, state: ParticleState) -> ParticleState:
+        """``state`` whose features pass gradients back multiplied by ``n m_i`` (mixed sums)."""
+        from dsflow.functionals.gradient_scale import scale_gradient
+
+        masses = self.particle_masses(state.y)
+        factor = (masses * state.n).to(device=state.x.device, dtype=state.x.dtype)
+        return ParticleState(x=scale_gradient(state.x, factor), y=state.y, labels=state.labels,
+                             template=state.template, step=state.step, meta=state.meta)
+
     def evaluate(self, state: ParticleState):
         total = None
         parts: dict[str, float] = {}
+        mixed = bool(self._class_mass_terms) and len(self._class_mass_terms) < len(self.terms)
+        averaged = self._rescaled_state(state) if mixed else state
         for key, f in self.terms.items():
-            v, sub = f.evaluate(state)
+            v, sub = f.evaluate(averaged if f.time_scaling == "particle_average" else state)
             if sub:  # a term with no computable value (entropy) reports no part
                 parts.update(sub if len(sub) > 1 else {key: float(v.detach())})
             weighted = self.weights[key] * v

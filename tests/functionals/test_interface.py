@@ -29,14 +29,21 @@ def test_weighted_sum_exposes_its_parts_temperature_and_scaling():
     assert s.state_dict() == {}  # parts without resumable state are left out
 
 
-def test_a_sum_of_terms_with_different_time_scalings_is_refused():
-    class PerClassMass(Square):
+def test_a_sum_of_terms_with_an_unknown_time_scaling_is_refused():
+    class Unknown(Square):
+        time_scaling = "per_sample_weights"
+
+    class ClassMassWithoutMasses(Square):
         time_scaling = "class_mass"
 
-    with pytest.raises(ValueError, match="different time scalings"):
-        WeightedSum({"a": Square(), "b": PerClassMass()})
+    with pytest.raises(ValueError, match="not one of"):
+        WeightedSum({"a": Square(), "b": Unknown()})
     with pytest.raises(ValueError, match="override velocity_factor"):
-        PerClassMass().velocity_factor(torch.zeros(3))
+        Unknown().velocity_factor(torch.zeros(3))
+    # a class-mass functional must say what its masses are (the engine divides by them)
+    with pytest.raises(NotImplementedError, match="needs particle_masses"):
+        ClassMassWithoutMasses().particle_masses(torch.zeros(3))
+    assert Square().particle_masses(torch.zeros(3)) is None  # particle average: folded into lr
 
 
 def test_lr_of_a_time_step_asks_the_functional():
