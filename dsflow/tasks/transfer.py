@@ -445,9 +445,10 @@ def plot_settings_by_pair(runs, path, family: str | None = None):
     pairs = sorted({k[0] for k in cells})
     present = [s for s in SETTINGS if any(s in c["acc"] for c in cells.values())]
     markers = dict(zip(SETTINGS, ["o", "v", "s", "D", "^", "X"]))
-    fig, axes = plt.subplots(1, len(shots), figsize=(1.5 + 2.2 * len(pairs) * len(shots), 3.8), squeeze=False)
+    # one row per k, as figure 10 (5-shot above, 10-shot below)
+    fig, axes = plt.subplots(len(shots), 1, figsize=(3.2 + 2.4 * len(pairs), 0.4 + 2.9 * len(shots)), squeeze=False)
     width = 0.8 / max(len(present), 1)
-    for ax, k in zip(axes[0], shots):
+    for ax, k in zip(axes[:, 0], shots):
         for j, setting in enumerate(present):
             xs, ms, ss = [], [], []
             for i, pair in enumerate(pairs):
@@ -463,7 +464,7 @@ def plot_settings_by_pair(runs, path, family: str | None = None):
         ax.set_title(f"{k}-shot", fontsize=9)
         ax.set_ylabel("target test accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0, -1].legend(fontsize=7, loc="lower right")
+    axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
