@@ -96,3 +96,10 @@ def test_config_errors_name_the_key(tmp_path):
             run(compose_cfg(override), run_dir=tmp_path / override.split("=")[0])
     with pytest.raises(ValueError, match="class 0 of 'digits' has only 20 samples"):
         run(compose_cfg("task.ipc=25"), run_dir=tmp_path / "ipc")
+
+
+def test_the_otdd_flow_is_a_config_choice(tmp_path):
+    s = run(compose_cfg("functional=otdd", "optimizer=sgd", "time_step=0.25", "functional.allow_singletons=true",
+                        "task.ipc=1", "task.baselines=[init]", "task.eval_every=0", "steps=2"), run_dir=tmp_path)
+    assert s["status"] == "ok" and s["flow_family"] == "otdd" and s["functional"] == "OTDD"
+    assert set(s["distill_accuracy"]) == {"flowed", "init"} and s["objective_after"] < s["objective_before"]
