@@ -226,6 +226,32 @@ def plot_metric_vs_setting(runs: list[RunRecord], metric: str, setting: str, pat
 LEGACY_TASKS = (("source_labels", "dsflow.tasks.repurpose.RepurposeTask"),)
 
 
+def task_figures(runs: list[RunRecord]) -> dict:
+    """``{file stem: draw(path)}``: the figures of every task that ran in ``runs``
+    (`dsflow.tasks.base.Task.figures`); a task whose class cannot be imported has none."""
+    from hydra.utils import get_class
+
+    figures: dict = {}
+    for name, task_runs in _runs_by_task(runs).items():
+        try:
+            cls = get_class(name)
+        except Exception:  # noqa: BLE001 - task_tables already reports the missing class
+            continue
+        figures.update(getattr(cls, "figures", lambda runs: {})(task_runs))
+    return figures
+
+
+def _runs_by_task(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    by_task: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        name = r.summary.get("task_class")
+        if name is None:
+            name = next((cls for key, cls in LEGACY_TASKS if key in r.summary), None)
+        if name is not None:
+            by_task.setdefault(str(name), []).append(r)
+    return by_task
+
+
 def task_tables(runs: list[RunRecord]) -> dict[str, str]:
     """``{file stem: markdown}``: the tables of every task that ran in ``runs``, each asked
     for over its own runs (`dsflow.tasks.base.Task.tables`)."""
@@ -294,6 +320,9 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
         written[stem] = out_dir / f"{stem}.md"
         md.append("\n## " + table.lstrip("# ").split("\n", 1)[0] + "\n\n" + table.split("\n", 1)[-1].lstrip("\n"))
     if plots:
+        for stem, draw in task_figures(runs).items():
+            draw(out_dir / f"{stem}.png")
+            written[stem + "_png"] = out_dir / f"{stem}.png"
         metric_names = [m for m in METRICS if m in header]
         for setting in swept_keys(runs):
             if not any(_to_number(r.overrides.get(setting)) is not None for r in runs):

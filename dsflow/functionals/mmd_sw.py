@@ -86,7 +86,14 @@ class MMDSW(Functional):
 
     def __init__(self, kernel: str = "riesz", r: float = 1.0, h: float | None = None, n_projections: int = 500,
                  class_weights: str = "uniform", target_batch: int | None = None, method: str = "exact",
-                 n_quantiles: int = 100, seed: int = 0, max_elements: int | None = None, target: Any = None):
+                 n_quantiles: int = 100, seed: int = 0, max_elements: int | None = None, target: Any = None,
+                 **unknown):
+        if unknown:
+            keys = sorted(unknown)
+            raise ValueError(
+                f"mmd_sw: {', '.join('functional.' + k for k in keys)} {'is not an option' if len(keys) == 1 else 'are not options'} "
+                f"of the WoW functional (an experiment written for OTDD?); drop "
+                f"{' '.join('~functional.' + k for k in keys)} or see configs/functional/mmd_sw.yaml")
         from dsflow.ot.sliced import METHODS
         from dsflow.ot.sw_kernels import KERNELS
 

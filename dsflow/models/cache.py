@@ -152,6 +152,7 @@ def get_oracle(
     classes=None,
     name: str | None = None,
     correspondence="auto",
+    matching: str = "otdd",
 ) -> Oracle:
     """A frozen oracle from a checkpoint, the cache, or by training (config ``oracle/``).
 
@@ -174,7 +175,7 @@ def get_oracle(
         Stored on the oracle (``oracle.eval_every``) for the flow's `OracleMonitor`.
     input_dim, image_shape, classes:
         Only to load a *bare* state dict (see `load_oracle`).
-    name, correspondence:
+    name, correspondence, matching:
         Config keys read by the re-purposing task (`dsflow.tasks.repurpose`); ignored here.
     """
     options = dict(to_plain(options) or {})

@@ -110,6 +110,57 @@ def correspondence_from_data(source: LabeledData, target: LabeledData, *, label_
                                 source_weights=source.class_counts(), target_weights=target.class_counts())
 
 
+#: How a flowed source class is given a target class (``oracle.matching``):
+#: ``otdd``: exact OT between the class histograms (class frequencies) on the OTDD's Gaussian
+#: label distances (Alvarez-Melis & Fusi, section 6.4); ``w2``: exact OT between the classes with
+#: uniform weights on the exact ``W_2^2`` between the empirical class distributions (the WoW
+#: flows' rule: classes move as units); ``nn_vote``: each source class takes the target class most
+#: of its particles' nearest target neighbours carry (1-NN vote).
+MATCHINGS = ("otdd", "w2", "nn_vote")
+
+
+def correspondence_by(matching: str, source: LabeledData, target: LabeledData) -> ClassCorrespondence:
+    """The class correspondence of ``source`` (e.g. flowed particles) to ``target`` by ``matching``."""
+    if matching == "otdd":
+        return correspondence_from_data(source, target)
+    if matching == "w2":
+        W = otdd_label_distances(source, target, inner="exact")  # W_2^2 (p = 2) by exact OT per class pair
+        return class_correspondence(W, source_classes=source.classes, target_classes=target.classes)
+    if matching == "nn_vote":
+        return correspondence_by_vote(source, target)
+    raise ValueError(f"oracle.matching={matching!r}: choose one of {MATCHINGS}")
+
+
+def nearest_target_votes(source: LabeledData, target: LabeledData, *, chunk: int = 2048):
+    """``(k, k')`` counts: how many particles of each source class have their nearest target
+    sample (Euclidean) in each target class; rows/columns follow the sorted class values."""
+    from dsflow.ot.class_stats import class_index
+    from dsflow.ot.costs import sqdist
+
+    xs = source.x.detach().reshape(source.n, -1)
+    xt = target.x.detach().reshape(target.n, -1).to(xs)
+    _, ys = class_index(source.y.to(xs.device))
+    _, yt = class_index(target.y.to(xs.device))
+    nearest = torch.cat([sqdist(xs[i:i + chunk], xt).argmin(1) for i in range(0, xs.shape[0], chunk)])
+    k, kp = source.num_classes, target.num_classes
+    votes = torch.zeros(k * kp, dtype=torch.float64, device=xs.device)
+    votes.index_add_(0, ys * kp + yt[nearest], torch.ones_like(ys, dtype=torch.float64))
+    return votes.reshape(k, kp).cpu()
+
+
+def correspondence_by_vote(source: LabeledData, target: LabeledData) -> ClassCorrespondence:
+    """Each source class -> the target class of most of its particles' 1-NN (ties: the lower
+    class).  A target class no source class voted for maps to the source class that gave it the
+    most votes (through ``label_distances = -votes``), as `ClassCorrespondence` does for a target
+    class without mass."""
+    votes = nearest_target_votes(source, target)
+    k, kp = votes.shape
+    coupling = torch.zeros(k, kp, dtype=torch.float64)
+    coupling[torch.arange(k), votes.argmax(1)] = 1.0 / k
+    return ClassCorrespondence(coupling, -votes / votes.sum(1, keepdim=True).clamp_min(1), source.classes,
+                               target.classes)
+
+
 def otdd_label_distances(source: LabeledData, target: LabeledData, *, inner: str = "gaussian", **options):
     """The ``k x k'`` label-to-label distances ``W_p^p(alpha_y, beta_y')`` of the OTDD.
 

@@ -10,7 +10,10 @@ The one-dimensional problems are exact, from quantile functions:
   pair them, ``W_p^p = mean_k |a_(k) - b_(k)|^p``;
 * **unequal sizes or non-uniform weights**: the quantile functions are step functions with
   breakpoints at the cumulative weights; the integral ``int_0^1 |F^-1(u) - G^-1(u)|^p du`` is a
-  sum over the merged breakpoints of both classes (exact, what ``ot.wasserstein_1d`` computes);
+  sum over the merged breakpoints of both classes (exact, what ``ot.wasserstein_1d`` computes).
+  With uniform weights the breakpoints ``i / n_c`` do not depend on the direction, so they are
+  merged once, in integer arithmetic: on the union grid of all classes when there are few
+  distinct sizes (then all pairs are one batched computation), else once per pair of sizes;
 * ``method="quantiles"``: the authors' fixed-grid approximation, quantiles at ``(q + 1/2) / Q``.
 
 Each class is projected once and sorted once per call (one sort of all samples by value, one
@@ -114,26 +117,27 @@ def _pair_chunks(k1: int, k2: int, per_pair: int, max_elements: int):
 
 
 class _PairMeanSquare(torch.autograd.Function):
-    """``out[i, j, l] = mean_n (a[i, l, n] - b[j, l, n])^2`` for all pairs, with a hand-written
-    backward: ``d out / d a_i = 2/n (a_i sum_j g_ij - sum_j g_ij b_j)``, two batched matrix
-    products over the directions instead of autograd through a ``(k1, k2, L, n)`` difference
-    (measured: the backward was 2/3 of an SW step at 10 x 200 x 784, L = 500).  The forward
-    takes the differences themselves, so identical classes give exactly 0."""
+    """``out[i, j, l] = sum_n w_n (a[i, l, n] - b[j, l, n])^2`` for all pairs (``w = 1/n``: the
+    mean), with a hand-written backward: ``d out / d a_i = 2 w (a_i sum_j g_ij - sum_j g_ij b_j)``,
+    two batched matrix products over the directions instead of autograd through a
+    ``(k1, k2, L, n)`` difference (measured: the backward was 2/3 of an SW step at
+    10 x 200 x 784, L = 500).  The forward takes the differences themselves, so identical
+    classes give exactly 0."""
 
     @staticmethod
-    def forward(ctx, a, b, rows_per_block: int):
-        ctx.save_for_backward(a, b)
+    def forward(ctx, a, b, rows_per_block: int, weights=None):
+        ctx.save_for_backward(a, b, weights)
         k1 = a.shape[0]
         blocks = []
         for i0 in range(0, k1, rows_per_block):
             d = a[i0:i0 + rows_per_block, None] - b[None]
-            blocks.append((d * d).mean(-1))
+            blocks.append((d * d).mean(-1) if weights is None else (d * d * weights).sum(-1))
         return torch.cat(blocks) if blocks else a.new_zeros(0, b.shape[0], a.shape[1])
 
     @staticmethod
     def backward(ctx, g):  # g: (k1, k2, L)
-        a, b = ctx.saved_tensors
-        scale = 2.0 / a.shape[-1]
+        a, b, weights = ctx.saved_tensors
+        scale = 2.0 / a.shape[-1] if weights is None else 2.0 * weights
         ga = gb = None
         if ctx.needs_input_grad[0]:
             # per direction l: a_i * sum_j g_ijl - sum_j g_ijl b_jl.
@@ -142,12 +146,90 @@ class _PairMeanSquare(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             ga_sum = torch.einsum("ijl,iln->jln", g, a)
             gb = scale * (b * g.sum(0)[:, :, None] - ga_sum)
-        return ga, gb, None
+        return ga, gb, None, None
 
 
 def _mean_abs_pow(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
     diff = (a - b).abs()
     return (diff * diff if p == 2 else diff.pow(p)).mean(-1)
+
+
+def merged_grid(n: int, m: int, device=None):
+    """``(ia, ib, du)``: the merged breakpoints of two uniform quantile functions of ``n`` and ``m``
+    atoms, in exact integer arithmetic.  On the ``k``-th interval of the merged grid (length
+    ``du[k]``) the quantile functions are the atoms ``ia[k]`` and ``ib[k]`` of the sorted samples,
+    so ``W_p^p = sum_k du[k] |a[ia[k]] - b[ib[k]]|^p``.  The breakpoints ``i/n`` and ``j/m`` are
+    the integers ``i m`` and ``j n`` over ``n m``: no rounding decides their order."""
+    ticks = torch.unique(torch.cat([torch.arange(1, n + 1) * m, torch.arange(1, m + 1) * n]))  # sorted
+    du = torch.diff(ticks, prepend=ticks.new_zeros(1)).to(torch.float64) / (n * m)
+    ia = (ticks + m - 1) // m - 1  # ceil(t / m) - 1: the atom of A whose step covers (t_prev, t]
+    ib = (ticks + n - 1) // n - 1
+    return ia.to(device), ib.to(device), du.to(device)
+
+
+def _common_grid(A: _SortedClasses, B: _SortedClasses):
+    """``(qa (k1, L, K), qb (k2, L, K), du (K,))``: every class's quantile function on the union
+    of the breakpoints ``i / n_c`` of all classes of both sides, or ``None`` when that grid is
+    much longer than a pair's own merged grid (many distinct class sizes: `_uniform_merged_pairs`
+    is then cheaper) or its common denominator does not fit int64.  The union grid refines the
+    merged grid of every pair, so ``W_2^2(c, c') = sum_k du_k (qa[c, :, k] - qb[c', :, k])^2``
+    exactly, for all pairs at once by the equal-size machinery (`_PairMeanSquare` with weights
+    ``du``): the case of a few distinct sizes (e.g. 200 and 201 per class).  Breakpoints are the
+    integers ``i * (D / n_c)`` over the common denominator ``D = lcm(n_c)``: no rounding decides
+    their order."""
+    import math
+
+    sizes = sorted(set(A.counts.tolist()) | set(B.counts.tolist()))
+    den = 1
+    for n in sizes:
+        den = den * n // math.gcd(den, n)
+        if den > 2**62:
+            return None
+    device = A.values.device
+    ticks = torch.unique(torch.cat([torch.arange(1, n + 1, dtype=torch.int64) * (den // n) for n in sizes]))
+    # the union grid has up to sum(distinct sizes) points, a pair's merged grid n + m: with many
+    # distinct sizes a pair would read ~10x more points on the union grid than on its own
+    pair_points = float(A.counts.double().mean() + B.counts.double().mean())
+    if ticks.numel() > 1.25 * pair_points:
+        return None
+    du = (torch.diff(ticks, prepend=ticks.new_zeros(1)).to(torch.float64) / den).to(device=device,
+                                                                                    dtype=A.values.dtype)
+    ticks = ticks.to(device)
+
+    def on_grid(S: _SortedClasses):
+        step = (den // S.counts.to(torch.int64)).to(device)  # (k,): D / n_c
+        at = (ticks[None, :] + step[:, None] - 1) // step[:, None] - 1  # ceil(t / step) - 1: the atom covering it
+        return torch.gather(S.values, 2, at[:, None, :].expand(-1, S.values.shape[1], -1))
+
+    return on_grid(A), on_grid(B), du
+
+
+def _uniform_merged_pairs(A: _SortedClasses, B: _SortedClasses, p: float, max_elements: int, out):
+    """Exact ``W_p^p`` for uniform weights and unequal sizes: the pairs of classes of the same
+    sizes share one merged grid (`merged_grid`), which is the same on every direction, so a pair
+    costs two gathers and a weighted sum instead of a sort and two searches per direction
+    (measured: 1.1 -> 0.1 s for the two SW matrices of the digits, 10 classes of 88-92 in 64-d,
+    L = 500)."""
+    L = A.values.shape[1]
+    sizes_a, sizes_b = A.counts.tolist(), B.counts.tolist()
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, na in enumerate(sizes_a):
+        for j, nb in enumerate(sizes_b):
+            groups.setdefault((na, nb), []).append((i, j))
+    device, dtype = out.device, out.dtype
+    for (na, nb), pairs in groups.items():
+        ia, ib, du = merged_grid(na, nb, device)
+        du = du.to(dtype)
+        per_pair = L * du.numel() * 3
+        size = max(1, max_elements // max(1, per_pair))
+        pairs_t = torch.tensor(pairs, device=device)
+        for start in range(0, len(pairs), size):
+            i, j = pairs_t[start:start + size, 0], pairs_t[start:start + size, 1]
+            qa = A.values[i].index_select(2, ia)  # (P, L, K): padding is never read (ia < na)
+            qb = B.values[j].index_select(2, ib)
+            diff = (qa - qb).abs()
+            out[i, j] = ((diff * diff if p == 2 else diff.pow(p)) * du).sum(-1)
+    return out
 
 
 def _exact_pairs(A: _SortedClasses, B: _SortedClasses, p: float, max_elements: int) -> torch.Tensor:
@@ -162,6 +244,16 @@ def _exact_pairs(A: _SortedClasses, B: _SortedClasses, p: float, max_elements: i
         if p == 2:
             return _PairMeanSquare.apply(A.values, B.values, rows)
         return torch.cat([_mean_abs_pow(A.values[i0:i0 + rows, None], B.values[None], p)
+                          for i0 in range(0, k1, rows)]) if k1 else out
+    if A.uniform and B.uniform:  # unequal sizes, uniform weights: the merge is the same on every direction
+        common = _common_grid(A, B)
+        if common is None:  # class sizes whose common denominator overflows int64: per size pair
+            return _uniform_merged_pairs(A, B, p, max_elements, out)
+        qa, qb, du = common
+        rows = max(1, max_elements // max(1, k2 * L * du.numel()))
+        if p == 2:
+            return _PairMeanSquare.apply(qa, qb, rows, du)
+        return torch.cat([(((qa[i0:i0 + rows, None] - qb[None]).abs().pow(p)) * du).sum(-1)
                           for i0 in range(0, k1, rows)]) if k1 else out
     for chunk in _pair_chunks(k1, k2, L * 4 * (n + m), max_elements):  # merged breakpoints
         i, j = chunk[:, 0].to(out.device), chunk[:, 1].to(out.device)

@@ -13,8 +13,8 @@ task the same way and alone writes the outputs; a task only returns what it want
 4. ``finish(run)`` once the flowed data are saved: its results (summary), figures
    (``{name: draw(path)}``; the app calls each with ``RUN_DIR/name.png`` when ``plot`` is
    on) and a text block for the log.
-5. ``tables(runs)`` (class method, for ``dsflow-report``): ``{file stem: markdown}`` over the
-   runs of a sweep that ran this task.
+5. ``tables(runs)`` and ``figures(runs)`` (class methods, for ``dsflow-report``): ``{file stem:
+   markdown}`` and ``{file stem: draw(path)}`` over the runs of a sweep that ran this task.
 
 ``run`` is the app's `dsflow.app.RunContext`, given read-only: a task keeps what it needs
 between its hooks on itself (e.g. the true labels of a pseudo-labelled source) instead of
@@ -67,6 +67,12 @@ class Task:
     @classmethod
     def tables(cls, runs) -> dict[str, str]:
         """Report tables over ``runs`` (`dsflow.report.RunRecord`): ``{file stem: markdown}``."""
+        return {}
+
+    @classmethod
+    def figures(cls, runs) -> dict[str, Callable[[Any], Any]]:
+        """Report figures over ``runs``: ``{file stem: draw(path)}``; ``dsflow-report`` calls each
+        with ``OUT/stem.png`` when plots are on."""
         return {}
 
 

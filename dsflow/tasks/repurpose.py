@@ -186,8 +186,8 @@ def _needs_correspondence(mode, source_classes, oracle_classes) -> bool:
     return bool(mode)
 
 
-def _classifier(oracle, source, target, mode):
-    from dsflow.oracle.correspondence import ComposedClassifier, correspondence_from_data
+def _classifier(oracle, source, target, mode, matching: str = "otdd"):
+    from dsflow.oracle.correspondence import ComposedClassifier, correspondence_by
 
     sc, oc = source.classes, oracle.classes.detach().cpu()
     if not _needs_correspondence(mode, sc, oc):
@@ -198,7 +198,7 @@ def _classifier(oracle, source, target, mode):
             f"oracle: the class correspondence needs the flow target's classes {tc.tolist()} to equal the oracle's "
             f"{oc.tolist()} (label distances are computed between source and target)"
         )
-    corr = correspondence_from_data(source.detach(), target.detach()).to(oracle.classes.device)
+    corr = correspondence_by(matching, source.detach(), target.detach()).to(oracle.classes.device)
     return ComposedClassifier(oracle, corr), corr
 
 
@@ -274,6 +274,13 @@ class RepurposeTask(Task):
         task = cfg.get("task")
         if task is not None:
             check_number(task, "holdout", minimum=0, example="task.holdout=0.2", prefix="task.")
+        oracle = cfg.get("oracle")
+        if oracle is not None and hasattr(oracle, "get") and oracle.get("matching") is not None:
+            from dsflow.oracle.correspondence import MATCHINGS
+
+            if oracle.get("matching") not in MATCHINGS:
+                raise ValueError(f"oracle.matching={oracle.get('matching')!r}: choose one of {', '.join(MATCHINGS)} "
+                                 "(how each flowed class is given a target class), e.g. oracle.matching=w2")
 
     # ------------------------------------------------------------------ hooks
     def prepare(self, run) -> TaskOutput:
@@ -337,7 +344,8 @@ class RepurposeTask(Task):
         true_y = self.true_y = true_y.to(run.source.y.device)
         # the correspondence maps the oracle's classes to the classes we are scored on: the TRUE
         # labels (for pseudo-labelled runs too: the flow itself never sees them)
-        classifier, corr = _classifier(oracle, run.source.with_(y=true_y), run.target, mode)
+        matching = self._matching = str(cfg.get("matching", "otdd"))
+        classifier, corr = _classifier(oracle, run.source.with_(y=true_y), run.target, mode, matching)
         self._classifier, self._corr = classifier, corr
         every, steps = int(cfg.get("eval_every") or 10), int(run.cfg.steps)
         if corr is None:
@@ -348,7 +356,7 @@ class RepurposeTask(Task):
             source, target = run.source, run.target
 
             def rebuild(state):
-                return _classifier(oracle, source.with_(x=state.x.detach(), y=true_y), target, mode)[0]
+                return _classifier(oracle, source.with_(x=state.x.detach(), y=true_y), target, mode, matching)[0]
 
             monitor = _refreshing_monitor(classifier, rebuild, every=every, labels=true_y, final_step=steps)
         self._monitor = monitor
@@ -380,7 +388,8 @@ class RepurposeTask(Task):
         flowed, true_y = run.flowed, self.true_y.to(run.flowed.y.device)
         classifier_after, corr_after = self._classifier, self._corr
         if self._corr is not None:
-            classifier_after, corr_after = _classifier(oracle, flowed.with_(y=true_y), run.target, mode)
+            classifier_after, corr_after = _classifier(oracle, flowed.with_(y=true_y), run.target, mode,
+                                                       self._matching)
         ev = evaluate(classifier_after, flowed.x, true_y.to(flowed.x.device))
         result = getattr(run, "result", None)
         summary: dict[str, Any] = dict(
@@ -482,8 +491,118 @@ class RepurposeTask(Task):
     # ------------------------------------------------------------------ report
     @classmethod
     def tables(cls, runs) -> dict[str, str]:
+        out = {}
         text = table1(runs)
-        return {"table1": "# Table 1 (Alvarez-Melis & Fusi 2021 layout)\n\n" + text} if text else {}
+        if text:
+            out["table1"] = "# Table 1 (Alvarez-Melis & Fusi 2021 layout)\n\n" + text
+        families = families_table(runs)
+        if families:
+            out["families"] = families
+        return out
+
+    @classmethod
+    def figures(cls, runs) -> dict:
+        if len({run_family(r) for r in runs if r.status == "ok"}) < 2:
+            return {}
+        return {"families_accuracy_vs_time": lambda path: plot_families(runs, path)}
+
+
+def run_family(r) -> str:
+    """The flow family of a run: the ``family`` config group it chose (`configs/family`), else
+    its functional's class (``OTDD``, ``MMDSW``, ...)."""
+    return str(r.choices.get("family") or r.summary.get("functional") or "?")
+
+
+def _mean_std(values) -> str:
+    vals = [v for v in (_to_number(x) for x in values) if v is not None]
+    if not vals:
+        return ""
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{mean:.4g}"
+    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5  # sample std (n - 1)
+    return f"{mean:.4g} ± {std:.2g}"
+
+
+FAMILY_COLUMNS = (("accuracy (%)", "accuracy_after", 100.0), ("final objective", "objective_after", 1.0),
+                  ("wall time (s)", "wall_time_s", 1.0), ("flow time (s)", "flow_time_s", 1.0),
+                  ("time per step (s)", "time_per_step_s", 1.0), ("steps", "steps_done", 1.0))
+
+
+def families_table(runs) -> str | None:
+    """Flow families compared on one task (``dsflow -m +experiment=otdd_vs_wow``): one row per
+    family and setting (the swept keys other than the family and the seed), mean ± std over
+    the seeds, or None when the runs are of one family."""
+    ok = [r for r in runs if r.status == "ok"]
+    if len({run_family(r) for r in ok}) < 2:
+        return None
+    ignore = {"seed", "family", "+family"}
+    settings = sorted({k for r in ok for k in r.overrides if k not in ignore})
+    groups: dict[tuple, list] = {}
+    for r in ok:
+        key = (run_family(r), *(str(r.overrides.get(k, "")) for k in settings))
+        groups.setdefault(key, []).append(r)
+    header = ["family", *settings, "runs", *(name for name, _, _ in FAMILY_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for key in sorted(groups):
+        rs = groups[key]
+        cells = [_mean_std([None if r.summary.get(m) is None else scale * float(r.summary[m]) for r in rs])
+                 for _, m, scale in FAMILY_COLUMNS]
+        lines.append("| " + " | ".join([*key, str(len(rs)), *cells]) + " |")
+    note = ("\nFrozen-classifier accuracy on the flowed particles; mean ± sample std over the runs of a row "
+            "(seeds). Wall time: the whole run (data, oracle, flow, evaluation); flow time: the particle "
+            "steps alone; time per step = flow time / steps. The objectives are each family's own "
+            "(OTDD² or ½MMD²): compare them within a family only.\n")
+    return "# Flow families on one task\n\n" + "\n".join(lines) + "\n" + note
+
+
+def _accuracy_against_time(r):
+    """``(wall seconds, accuracy)`` through a run, from its metrics.jsonl rows that carry one."""
+    import json
+
+    points = []
+    path = r.path / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("accuracy") is not None and row.get("wall_time") is not None:
+                points.append((float(row["wall_time"]), float(row["accuracy"])))
+    return points
+
+
+def plot_families(runs, path):
+    """Accuracy of the frozen classifier through each run against wall time, one line per run,
+    one colour per family (the figure of ``otdd_vs_wow``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    families = sorted({run_family(r) for r in runs if r.status == "ok"})
+    colours = {f: plt.get_cmap("tab10")(i) for i, f in enumerate(families)}
+    seen = set()
+    for r in sorted((r for r in runs if r.status == "ok"), key=lambda r: str(r.path)):
+        pts = _accuracy_against_time(r)
+        if not pts:
+            continue
+        fam = run_family(r)
+        t, a = zip(*pts)
+        ax.plot(t, [100 * v for v in a], "-o", ms=3, color=colours[fam], alpha=0.8,
+                label=None if fam in seen else fam)
+        seen.add(fam)
+    ax.set_xlabel("wall time since the run started (s)")
+    ax.set_ylabel("frozen-classifier accuracy on the particles (%)")
+    ax.set_title("Flow families on one task: accuracy through the flow")
+    ax.grid(alpha=0.3)
+    ax.legend(title="family")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _to_number(value):

@@ -1,5 +1,7 @@
 import itertools
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -102,3 +104,59 @@ def test_label_distances_are_those_of_otdd():
     tgt = LabeledData(x=torch.randn(24, 3, generator=gen) + 1, y=(torch.arange(24) % 2) * 5)
     full = otdd(src, tgt, inner="gaussian", return_label_distances=True).label_distances
     assert torch.allclose(otdd_label_distances(src, tgt), torch.as_tensor(full).double().cpu(), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- matchings (oracle.matching)
+def _permuted_blobs(perm, n=12, d=3, seed=0, shift=0.05):
+    """Target: 4 well separated classes; source: the same points, moved a little, class c of the
+    source sitting on target class perm[c]."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.eye(4, d, dtype=torch.float64) * 10
+    yt = torch.arange(4).repeat_interleave(n)
+    xt = centres[yt] + torch.randn(len(yt), d, generator=g, dtype=torch.float64)
+    inv = {t: c for c, t in enumerate(perm)}
+    ys = torch.tensor([inv[int(t)] for t in yt])
+    xs = xt + shift * torch.randn(xt.shape, generator=g, dtype=torch.float64)
+    return LabeledData(x=xs, y=ys), LabeledData(x=xt, y=yt)
+
+
+@pytest.mark.parametrize("matching", ["otdd", "w2", "nn_vote"])
+def test_every_matching_recovers_a_permutation_of_the_classes(matching):
+    from dsflow.oracle.correspondence import correspondence_by
+
+    perm = [2, 0, 3, 1]  # source class c sits on target class perm[c]
+    source, target = _permuted_blobs(perm)
+    corr = correspondence_by(matching, source, target)
+    assert corr.class_map() == {perm[c]: c for c in range(4)}  # target class -> source class
+
+
+def test_w2_matching_is_exact_ot_on_the_exact_class_w2_with_uniform_weights():
+    import ot
+
+    from dsflow.oracle.correspondence import correspondence_by
+
+    g = torch.Generator().manual_seed(3)
+    source = LabeledData(x=torch.randn(17, 2, generator=g, dtype=torch.float64), y=torch.arange(17) % 3)
+    target = LabeledData(x=torch.randn(13, 2, generator=g, dtype=torch.float64) + 0.5, y=torch.arange(13) % 3)
+    corr = correspondence_by("w2", source, target)
+    W = np.array([[ot.emd2([], [], ot.dist(source.x[source.y == i].numpy(), target.x[target.y == j].numpy()))
+                   for j in range(3)] for i in range(3)])
+    np.testing.assert_allclose(corr.label_distances.numpy(), W, rtol=1e-5)  # buffers are float32
+    plan = ot.emd(np.full(3, 1 / 3), np.full(3, 1 / 3), W)
+    np.testing.assert_allclose(corr.coupling.numpy(), plan, atol=1e-7)
+
+
+def test_nn_votes_count_each_particles_nearest_target_class():
+    from dsflow.oracle.correspondence import nearest_target_votes
+
+    target = LabeledData(x=torch.tensor([[0.0], [10.0]]), y=torch.tensor([0, 1]))
+    source = LabeledData(x=torch.tensor([[1.0], [2.0], [9.0], [8.0], [7.0]]), y=torch.tensor([0, 0, 0, 1, 1]))
+    assert nearest_target_votes(source, target).tolist() == [[2.0, 1.0], [0.0, 2.0]]
+
+
+def test_an_unknown_matching_is_named():
+    from dsflow.oracle.correspondence import correspondence_by
+
+    source, target = _permuted_blobs([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="oracle.matching"):
+        correspondence_by("hungarian", source, target)

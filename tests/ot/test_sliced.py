@@ -163,3 +163,31 @@ def test_blocks_are_the_two_matrices_of_separate_calls_on_the_same_directions():
     (gb,) = torch.autograd.grad(sliced_wasserstein_classes(x1, y1, x2, y2, n_projections=12, seed=3).sum()
                                 + sliced_wasserstein_classes(x1, y1, n_projections=12, seed=3).sum(), x1)
     torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("sizes1, sizes2, union", [([10, 11, 10], [11, 10, 11, 11], True),
+                                                   ([5, 7, 9, 11], [6, 8, 13], False)])
+def test_both_uniform_unequal_size_paths_match_pot(sizes1, sizes2, union):
+    """A few distinct class sizes: every class on the union grid of breakpoints; many: one merged
+    grid per pair of sizes.  Both are exact 1-D OT, checked here against POT, values and the
+    gradient against the weighted general path."""
+    from dsflow.ot.sliced import _common_grid, _SortedClasses
+
+    g = torch.Generator().manual_seed(7)
+    y1 = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes1)])
+    y2 = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes2)])
+    x1 = torch.randn(len(y1), 4, generator=g, dtype=D64).requires_grad_()
+    x2 = torch.randn(len(y2), 4, generator=g, dtype=D64) + 0.3
+    theta = random_directions(25, 4, seed=3, dtype=D64)
+    assert (_common_grid(_SortedClasses(x1, y1, theta), _SortedClasses(x2, y2, theta)) is not None) == union
+    for p in (1, 2):
+        ours = sliced_wasserstein_classes(x1, y1, x2, y2, directions=theta, p=p)
+        ref = np.array([[_pot(x1.detach()[y1 == i], x2[y2 == j], theta, p) for j in range(len(sizes2))]
+                        for i in range(len(sizes1))])
+        np.testing.assert_allclose(ours.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+    # the gradient equals that of the general (weighted, sorted-breakpoint) path with unit weights
+    ours = sliced_wasserstein_classes(x1, y1, x2, y2, directions=theta)
+    (grad,) = torch.autograd.grad(ours.sum(), x1)
+    general = sliced_wasserstein_classes(x1, y1, x2, y2, directions=theta, weights1=torch.ones(len(y1), dtype=D64))
+    (ref_grad,) = torch.autograd.grad(general.sum(), x1)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
