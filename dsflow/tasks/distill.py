@@ -243,6 +243,12 @@ class DistillTask(Task):
         text = distill_table(runs)
         return {"distill": text} if text else {}
 
+    @classmethod
+    def figures(cls, runs) -> dict:
+        """Accuracy against images per class, one line per method (``dsflow-report`` draws it)."""
+        sections = distill_cells(runs)
+        return {"distill_vs_ipc": lambda path: plot_accuracy_vs_ipc(sections, path)} if sections else {}
+
 
 def _baselines(value) -> list[str]:
     items = [value] if isinstance(value, str) else list(value or ())
@@ -253,9 +259,8 @@ def _baselines(value) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- sweep table
-def distill_table(runs) -> str | None:
-    """The WoW Table 1 layout: per (dataset, classifier), rows random real / k-means / the
-    synthetic set before the flow / flowed (per family and init) / full set, columns ipc."""
+def distill_cells(runs) -> dict:
+    """``{(dataset, classifier): {row name: {ipc: [accuracies]}}}`` over the finished runs."""
     sections: dict = {}
     for r in runs:
         s = r.summary
@@ -272,6 +277,13 @@ def distill_table(runs) -> str | None:
             else:
                 row = ROW_LABELS.get(method, method)
             sec.setdefault(row, {}).setdefault(ipc, []).extend(values or [])
+    return sections
+
+
+def distill_table(runs) -> str | None:
+    """The WoW Table 1 layout: per (dataset, classifier), rows random real / k-means / the
+    synthetic set before the flow / flowed (per family and init) / full set, columns ipc."""
+    sections = distill_cells(runs)
     if not sections:
         return None
     out = ["# Dataset distillation (Bonet et al. 2025, Table 1 layout)", ""]
@@ -293,6 +305,37 @@ def distill_table(runs) -> str | None:
 
 
 # ---------------------------------------------------------------------------- figures
+def plot_accuracy_vs_ipc(sections: dict, path):
+    """Per (dataset, classifier) panel: accuracy (mean ± std) against images per class, one
+    line per method; the full training set as a horizontal band."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sections), figsize=(5.4 * len(sections), 3.8), squeeze=False)
+    for ax, ((dataset, classifier), sec) in zip(axes[0], sorted(sections.items())):
+        for name, cells in sorted(sec.items()):
+            ipcs = sorted(cells)
+            stats = [mean_std(cells[i]) for i in ipcs]
+            if name == "full training set":
+                m = mean_std([v for i in ipcs for v in cells[i]])
+                ax.axhline(100 * m[0], color="k", ls=":", lw=1, label=name)
+                continue
+            ax.errorbar(ipcs, [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats], marker="o", ms=4,
+                        capsize=2, label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("images per class")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset}, {classifier}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_synthetic_grid(before, after, path, title: str = "", max_per_class: int = 10):
     """Per class (rows): the synthetic images before the flow (left) and after it (right)."""
     import matplotlib

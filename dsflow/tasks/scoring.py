@@ -229,9 +229,13 @@ def number(value) -> float | None:
 
 
 def family_of(cfg_or_summary: Any) -> str:
-    """The flow family of a run (``otdd``, ``mmd_sw``, ...) from its functional's class name."""
+    """The flow family of a run: the ``family`` key a `configs/family` preset sets (``otdd``,
+    ``wow``), else its functional's class name (``otdd``, ``mmd_sw``, ...)."""
     if isinstance(cfg_or_summary, Mapping) and "flow_family" in cfg_or_summary:
         return str(cfg_or_summary["flow_family"])
+    chosen = cfg_or_summary.get("family") if hasattr(cfg_or_summary, "get") else None
+    if chosen:
+        return str(chosen)
     node = cfg_or_summary.get("functional") if hasattr(cfg_or_summary, "get") else None
     target = str((node.get("_target_") if hasattr(node, "get") else None) or "")
     name = target.rsplit(".", 1)[-1] if target else "weighted_sum"

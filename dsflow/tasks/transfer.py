@@ -36,7 +36,7 @@ made of it) and takes the flow's map otherwise (``mapped``, e.g. clothes toward 
 (OTDD between the source and the target's test split: figure 4's x axis).  ``tables`` pools
 the runs of a sweep (seeds x training runs) into mean ± std per (pair, k, family, setting);
 `plot_settings_by_pair` (figures 3e/10) and `plot_gain_vs_distance` (figure 4) draw a
-sweep's figures (``scripts/transfer_figures.py``).
+sweep's figures (``figures``: ``dsflow-report`` writes them; ``scripts/transfer_figures.py``).
 """
 
 from __future__ import annotations
@@ -363,6 +363,17 @@ class TransferTask(Task):
     def tables(cls, runs) -> dict[str, str]:
         text = transfer_table(runs)
         return {"transfer": text} if text else {}
+
+    @classmethod
+    def figures(cls, runs) -> dict:
+        """The sweep's figure 3e/10 and figure 4 layouts (``dsflow-report`` draws them)."""
+        cells = collect(runs)
+        if not cells:
+            return {}
+        figures = {"transfer_settings": lambda path: plot_settings_by_pair(runs, path)}
+        if any(c["distance"] and "target" in c["acc"] for c in cells.values()):
+            figures["transfer_gain_vs_distance"] = lambda path: plot_gain_vs_distance(runs, path)
+        return figures
 
 
 # ---------------------------------------------------------------------------- sweep tables and figures

@@ -61,8 +61,10 @@ def test_report_table_has_every_setting_and_pools_the_seeds(sweep):
     from dsflow.report import write_report
 
     root, _ = sweep
-    written = write_report(root, plots=False)
+    written = write_report(root, plots=True)
     table = written["transfer"].read_text()
+    assert written["transfer_settings_png"].stat().st_size > 5000  # the task's sweep figures
+    assert written["transfer_gain_vs_distance_png"].stat().st_size > 5000
     for column in ("target only", "+ raw source", "+ flowed (z_T)", "+ trajectories (z_1:T)", "+ push-forward h(x)",
                    "fine-tune (source -> target)"):
         assert column in table
