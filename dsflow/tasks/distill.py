@@ -11,6 +11,12 @@ the real test split.  The hooks (`dsflow.tasks.base`):
 * ``start``: with ``task.eval_every=N`` a flow callback trains ``task.eval_train_runs``
   classifiers on the particles every N steps and writes ``distill_accuracy`` into
   ``metrics.jsonl`` (accuracy against flow step).
+* labels: a flow between class distributions is blind to label *values* (OTDD's coupling and
+  the MMD between sets of classes may move synthetic class c onto real class c' when its
+  initial images sit nearer c'), so with ``task.relabel=ot`` (default) each synthetic class
+  takes the real class that exact OT between the classes under W_2^2 assigns it (a
+  permutation, from training data only; ``distill_label_map``, ``distill_relabelled``), at
+  every evaluation; ``none`` keeps the initial labels.
 * ``finish``: the flowed set is scored ``task.train_runs`` times (classifier seeds), and so
   are the baselines of the same budget (``task.baselines``): ``random`` (a fresh random draw
   of real images per training run), ``kmeans`` (per-class k-means centres), ``init`` (the
@@ -40,6 +46,7 @@ from dsflow.tasks.scoring import (classifier_spec, dataset_variant, drop_overlap
 log = logging.getLogger(__name__)
 
 INITS = ("real", "kmeans", "noise")
+RELABEL = ("ot", "none")
 BASELINES = ("random", "kmeans", "init", "full")
 ROW_LABELS = {"random": "random real images", "kmeans": "k-means centres", "init": "synthetic before the flow",
               "flowed": "flowed", "full": "full training set"}
@@ -112,11 +119,11 @@ class DistillTask(Task):
 
     name = "distill"
     after_flow_options = ("classifier", "full_classifier", "train_runs", "baselines", "test", "eval_train_runs",
-                          "eval_every")
+                          "eval_every", "relabel")
 
     def __init__(self, name: str | None = None, *, ipc: int = 10, init: str = "real", classifier: dict | None = None,
                  full_classifier: dict | None = None, train_runs: int = 3, baselines=BASELINES,
-                 test: dict | None = None, eval_every: int = 0, eval_train_runs: int = 1):
+                 test: dict | None = None, eval_every: int = 0, eval_train_runs: int = 1, relabel: str = "ot"):
         super().__init__(name)
         self.ipc, self.init = int(ipc), str(init).lower()
         self.classifier = classifier_spec(classifier)
@@ -124,6 +131,7 @@ class DistillTask(Task):
         self.train_runs, self.eval_every, self.eval_train_runs = int(train_runs), int(eval_every), int(eval_train_runs)
         self.baselines = _baselines(baselines)
         self.test_options = dict(test or {"split": "test"})
+        self.relabel = str(relabel).lower()
         self.history: dict[str, list] = {"step": [], "accuracy": []}
         self.initial = self.pool = self.test = None
 
@@ -139,6 +147,8 @@ class DistillTask(Task):
                 value = task.get(key, low)
                 if isinstance(value, bool) or not isinstance(value, int) or value < low:
                     raise ValueError(f"task.{key}={value!r} must be an integer >= {low}")
+            if str(task.get("relabel", "ot")).lower() not in RELABEL:
+                raise ValueError(f"task.relabel={task.get('relabel')!r}; use one of {', '.join(RELABEL)}")
             if str(task.get("init", "real")).lower() not in INITS:
                 raise ValueError(f"task.init={task.get('init')!r}; use one of {', '.join(INITS)}")
             spec = classifier_spec(task.get("classifier"))
@@ -189,8 +199,18 @@ class DistillTask(Task):
 
         return TaskOutput(callbacks=[monitor], summary={"distill_accuracy_before": before})
 
+    def _labelled(self, data, run):
+        """``(data, label map)``: ``data`` relabelled by the OT class map (``task.relabel=ot``)."""
+        if self.relabel == "none":
+            return data, None
+        from dsflow.tasks.transfer import class_map, relabel
+
+        mapping = class_map(data, run.target, "ot")
+        return relabel(data, mapping), mapping
+
     def _evaluate(self, x, y, seeds, run) -> float:
         data = self.initial.with_(x=x.to(self.initial.x), y=y.to(self.initial.y.device))
+        data, _ = self._labelled(data, run)
         values = [train_and_score(self.classifier, data, self.test, seed=s, device=run.device,
                                   classes=run.target.classes) for s in seeds]
         return sum(values) / len(values)
@@ -206,7 +226,8 @@ class DistillTask(Task):
             return [train_and_score(spec or self.classifier, data, test, seed=s, device=device, classes=classes)
                     for s in seeds]
 
-        accuracy: dict[str, list[float]] = {"flowed": scores(run.flowed.detach())}
+        flowed, mapping = self._labelled(run.flowed.detach(), run)
+        accuracy: dict[str, list[float]] = {"flowed": scores(flowed)}
         for baseline in self.baselines:
             if baseline == "init":
                 accuracy["init"] = scores(self.initial)
@@ -226,6 +247,8 @@ class DistillTask(Task):
             "distill_mean": {k: mean_std(v)[0] for k, v in accuracy.items()},
             "distill_history": history,
             "distill_train_runs": self.train_runs,
+            "distill_label_map": None if mapping is None else {str(k): v for k, v in mapping.items()},
+            "distill_relabelled": None if mapping is None else sum(int(k != v) for k, v in mapping.items()),
             "distill_time_s": time.perf_counter() - started,
         }
         title = f"{run.target.name}: {self.ipc} image(s) per class, init {self.init}"
@@ -233,7 +256,7 @@ class DistillTask(Task):
         lines += [f"  {ROW_LABELS[k]:<28}{format_mean_std(v):>14}" for k, v in accuracy.items()]
         figures = {"distill_accuracy": lambda path: plot_accuracy_vs_step(history, accuracy, path, title=title)}
         if run.target.is_image:
-            figures["distill_images"] = lambda path: plot_synthetic_grid(self.initial, run.flowed.detach(), path,
+            figures["distill_images"] = lambda path: plot_synthetic_grid(self.initial, flowed, path,
                                                                          title=title)
         return TaskOutput(summary=summary, figures=figures, text="\n".join(lines))
 
