@@ -370,7 +370,7 @@ def plot_synthetic_grid(before, after, path, title: str = "", max_per_class: int
     classes = before.classes.tolist()
     k = min(max_per_class, int(before.class_counts().max()))
     shape = before.image_shape
-    fig, axes = plt.subplots(len(classes), 2 * k + 1, figsize=(0.7 * (2 * k + 1), 0.7 * len(classes) + 0.6),
+    fig, axes = plt.subplots(len(classes), 2 * k + 1, figsize=(max(4.0, 0.7 * (2 * k + 1)), 0.7 * len(classes) + 0.6),
                              squeeze=False)
     for row, c in enumerate(classes):
         for side, data in enumerate((before, after)):
