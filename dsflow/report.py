@@ -237,11 +237,12 @@ def task_figures(runs: list[RunRecord]) -> dict:
             cls = get_class(name)
         except Exception:  # noqa: BLE001 - task_tables already reports the missing class
             continue
-        figures.update(getattr(cls, "figures", lambda runs: {})(task_runs))
+        figures.update(cls.figures(task_runs))
     return figures
 
 
 def _runs_by_task(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """The runs of each task class (by name), legacy runs by the key only their summaries have."""
     by_task: dict[str, list[RunRecord]] = {}
     for r in runs:
         name = r.summary.get("task_class")
@@ -257,15 +258,8 @@ def task_tables(runs: list[RunRecord]) -> dict[str, str]:
     for over its own runs (`dsflow.tasks.base.Task.tables`)."""
     from hydra.utils import get_class
 
-    by_task: dict[str, list[RunRecord]] = {}
-    for r in runs:
-        name = r.summary.get("task_class")
-        if name is None:
-            name = next((cls for key, cls in LEGACY_TASKS if key in r.summary), None)
-        if name is not None:
-            by_task.setdefault(str(name), []).append(r)
     tables: dict[str, str] = {}
-    for name, task_runs in by_task.items():
+    for name, task_runs in _runs_by_task(runs).items():
         try:
             cls = get_class(name)
         except Exception as err:  # noqa: BLE001 - a task module that is gone must not stop the report

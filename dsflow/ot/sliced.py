@@ -122,12 +122,19 @@ class _PairMeanSquare(torch.autograd.Function):
     two batched matrix products over the directions instead of autograd through a
     ``(k1, k2, L, n)`` difference (measured: the backward was 2/3 of an SW step at
     10 x 200 x 784, L = 500).  The forward takes the differences themselves, so identical
-    classes give exactly 0."""
+    classes give exactly 0; ``expand=True`` computes ``|a|^2 + |b|^2 - 2 a.b`` by batched
+    products instead, for the self matrix, whose only equal pairs are its diagonal, which
+    `_sw_matrix` overwrites with exact zeros (measured: the self forward was a sixth of a step)."""
 
     @staticmethod
-    def forward(ctx, a, b, rows_per_block: int, weights=None):
+    def forward(ctx, a, b, rows_per_block: int, weights=None, expand: bool = False):
         ctx.save_for_backward(a, b, weights)
         k1 = a.shape[0]
+        if expand:  # |a|^2 + |b|^2 - 2 a.b by batched products: for pairs that are never equal
+            w = (1.0 / a.shape[-1]) if weights is None else weights
+            sq_a, sq_b = (a * a * w).sum(-1), (b * b * w).sum(-1)  # (k1, L), (k2, L)
+            cross = torch.bmm((a * w).permute(1, 0, 2), b.permute(1, 2, 0))  # (L, k1, k2)
+            return sq_a[:, None, :] + sq_b[None, :, :] - 2.0 * cross.permute(1, 2, 0)
         blocks = []
         for i0 in range(0, k1, rows_per_block):
             d = a[i0:i0 + rows_per_block, None] - b[None]
@@ -139,14 +146,17 @@ class _PairMeanSquare(torch.autograd.Function):
         a, b, weights = ctx.saved_tensors
         scale = 2.0 / a.shape[-1] if weights is None else 2.0 * weights
         ga = gb = None
+        # per direction l: a_i * sum_j g_ijl - sum_j g_ijl b_jl, as one batched product over the
+        # directions on contiguous (L, ., .) operands: 6x faster than torch.einsum's own path
+        # for these shapes (0.09 s against 0.56 s at 10 x 10 x 500 x 200, measured in one run)
+        g_l = g.permute(2, 0, 1).contiguous()  # (L, k1, k2)
         if ctx.needs_input_grad[0]:
-            # per direction l: a_i * sum_j g_ijl - sum_j g_ijl b_jl.
-            gb_sum = torch.einsum("ijl,jln->iln", g, b)
+            gb_sum = torch.bmm(g_l, b.permute(1, 0, 2).contiguous()).permute(1, 0, 2)  # (k1, L, n)
             ga = scale * (a * g.sum(1)[:, :, None] - gb_sum)
         if ctx.needs_input_grad[1]:
-            ga_sum = torch.einsum("ijl,iln->jln", g, a)
+            ga_sum = torch.bmm(g_l.transpose(1, 2), a.permute(1, 0, 2).contiguous()).permute(1, 0, 2)  # (k2, L, n)
             gb = scale * (b * g.sum(0)[:, :, None] - ga_sum)
-        return ga, gb, None, None
+        return ga, gb, None, None, None
 
 
 def _mean_abs_pow(a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:
@@ -242,7 +252,7 @@ def _exact_pairs(A: _SortedClasses, B: _SortedClasses, p: float, max_elements: i
     if same_grid:  # sort and pair: blocks of rows against all columns, by broadcasting
         rows = max(1, max_elements // max(1, k2 * L * n))
         if p == 2:
-            return _PairMeanSquare.apply(A.values, B.values, rows)
+            return _PairMeanSquare.apply(A.values, B.values, rows, None, A is B)
         return torch.cat([_mean_abs_pow(A.values[i0:i0 + rows, None], B.values[None], p)
                           for i0 in range(0, k1, rows)]) if k1 else out
     if A.uniform and B.uniform:  # unequal sizes, uniform weights: the merge is the same on every direction
@@ -252,7 +262,7 @@ def _exact_pairs(A: _SortedClasses, B: _SortedClasses, p: float, max_elements: i
         qa, qb, du = common
         rows = max(1, max_elements // max(1, k2 * L * du.numel()))
         if p == 2:
-            return _PairMeanSquare.apply(qa, qb, rows, du)
+            return _PairMeanSquare.apply(qa, qb, rows, du, A is B)
         return torch.cat([(((qa[i0:i0 + rows, None] - qb[None]).abs().pow(p)) * du).sum(-1)
                           for i0 in range(0, k1, rows)]) if k1 else out
     for chunk in _pair_chunks(k1, k2, L * 4 * (n + m), max_elements):  # merged breakpoints

@@ -537,7 +537,9 @@ def families_table(runs) -> str | None:
     if len({run_family(r) for r in ok}) < 2:
         return None
     ignore = {"seed", "family", "+family"}
-    settings = sorted({k for r in ok for k in r.overrides if k not in ignore})
+    # the settings that tell rows apart: swept keys whose value differs between runs
+    keys = {k for r in ok for k in r.overrides if k not in ignore}
+    settings = sorted(k for k in keys if len({str(r.overrides.get(k, "")) for r in ok}) > 1)
     groups: dict[tuple, list] = {}
     for r in ok:
         key = (run_family(r), *(str(r.overrides.get(k, "")) for k in settings))
@@ -557,31 +559,40 @@ def families_table(runs) -> str | None:
 
 
 def _accuracy_against_time(r):
-    """``(wall seconds, accuracy)`` through a run, from its metrics.jsonl rows that carry one."""
+    """``[(wall s, flow s, accuracy)]`` through a run: ``(0 flow s, accuracy_before)`` first, then
+    its metrics.jsonl rows that carry an accuracy (``wall_time``: since the run started;
+    ``time``: the engine's cumulative step time)."""
     import json
 
     points = []
+    before = _to_number(r.summary.get("accuracy_before"))
     path = r.path / "metrics.jsonl"
+    rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
-                row = json.loads(line)
+                rows.append(json.loads(line))
             except ValueError:
                 continue
-            if row.get("accuracy") is not None and row.get("wall_time") is not None:
-                points.append((float(row["wall_time"]), float(row["accuracy"])))
+    timed = [row for row in rows if row.get("wall_time") is not None]
+    rows = [row for row in timed if row.get("accuracy") is not None]
+    if before is not None and timed:
+        first = timed[0]  # the flow started one step (its step_time) before its first row
+        points.append((float(first["wall_time"]) - float(first.get("step_time") or 0.0), 0.0, before))
+    points += [(float(row["wall_time"]), float(row.get("time") or 0.0), float(row["accuracy"])) for row in rows]
     return points
 
 
 def plot_families(runs, path):
-    """Accuracy of the frozen classifier through each run against wall time, one line per run,
-    one colour per family (the figure of ``otdd_vs_wow``)."""
+    """Accuracy of the frozen classifier through each run against wall time (since the run
+    started: data, oracle, flow) and against flow time (the particle steps alone), one line per
+    run, one colour per family (the figure of ``otdd_vs_wow``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     families = sorted({run_family(r) for r in runs if r.status == "ok"})
     colours = {f: plt.get_cmap("tab10")(i) for i, f in enumerate(families)}
     seen = set()
@@ -590,15 +601,18 @@ def plot_families(runs, path):
         if not pts:
             continue
         fam = run_family(r)
-        t, a = zip(*pts)
-        ax.plot(t, [100 * v for v in a], "-o", ms=3, color=colours[fam], alpha=0.8,
-                label=None if fam in seen else fam)
+        wall, flow, acc = zip(*pts)
+        for ax, t in zip(axes, (wall, flow)):
+            ax.plot(t, [100 * v for v in acc], "-o", ms=3, color=colours[fam], alpha=0.8,
+                    label=None if fam in seen else fam)
         seen.add(fam)
-    ax.set_xlabel("wall time since the run started (s)")
-    ax.set_ylabel("frozen-classifier accuracy on the particles (%)")
-    ax.set_title("Flow families on one task: accuracy through the flow")
-    ax.grid(alpha=0.3)
-    ax.legend(title="family")
+    axes[0].set_xlabel("wall time since the run started (s)")
+    axes[1].set_xlabel("flow time: the particle steps alone (s)")
+    axes[0].set_ylabel("frozen-classifier accuracy on the particles (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="family")
+    fig.suptitle("Flow families on one task: accuracy through the flow")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -205,3 +205,29 @@ def test_bad_options_and_states_are_named():
         f.check(jd)
     with pytest.raises(ValueError, match="3 features but the target 4"):
         f.check(ParticleState(x=x[:, :3], y=y))
+
+
+def test_a_resumed_wow_flow_repeats_the_uninterrupted_one(tmp_path):
+    """Directions and target batches come from (seed, step), so a resume needs no saved state
+    of the functional: the resumed run ends where the uninterrupted one does (same machine)."""
+    x, y = _data([6, 9])
+    xt, yt = _data([7, 8], shift=1.0, seed=3)
+    target = LabeledData(x=xt, y=yt)
+    opt = functools.partial(torch.optim.SGD, lr=0.2, momentum=0.9)
+
+    def flow(steps, **kw):
+        f = MMDSW(n_projections=16, target_batch=5, seed=4).bind(target=target)
+        dyn = FeatureDriven()
+        state = dyn.init_state(LabeledData(x=x.clone(), y=y), dtype=D64)
+        run_flow(state, f, dyn, opt, steps=steps, progress=False, **kw)
+        return state.x.detach()
+
+    straight = flow(6)
+    flow(3, checkpoint_every=3, checkpoint_dir=tmp_path)
+    resumed = flow(6, checkpoint_every=3, checkpoint_dir=tmp_path, resume=True)
+    assert torch.equal(resumed, straight)
+
+
+def test_unknown_options_name_the_override_that_drops_them():
+    with pytest.raises(ValueError, match=r"functional.entreg is not an option.*~functional.entreg"):
+        MMDSW(entreg=1.0)

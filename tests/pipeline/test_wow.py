@@ -21,7 +21,7 @@ def test_wow_presets_are_the_papers_hyper_parameters():
     assert cfg.source.n_per_class == 500 and cfg.target.n_per_class == 500
     assert cfg.oracle.matching == "w2" and cfg.dynamics._target_.endswith("FeatureDriven")
     digits = compose_cfg("+experiment=wow_digits_da")
-    assert digits.optimizer.lr == 5.0 and digits.flow.schedule == "cosine" and digits.oracle.matching == "w2"
+    assert digits.optimizer.lr == 3.0 and digits.steps == 250 and digits.flow.schedule == "cosine" and digits.oracle.matching == "w2"
     from hydra import compose, initialize_config_module
 
     with initialize_config_module("dsflow.configs", version_base="1.3"):
