@@ -11,16 +11,16 @@ from hydra import compose, initialize_config_module
 from dsflow.app import run
 from dsflow.data import digits
 
-TINY = ["+experiment=transfer_digits", "logger=none", "progress=false", "plot=false", "steps=3",
+TINY = ["logger=none", "progress=false", "plot=false", "steps=3",
         "task.shots=3", "source.n_per_class=8", "task.holdout=0.5", "flow.trajectory_every=1",
         "task.classifier.options.hidden=[16]", "task.classifier.epochs=3", "task.classifier.min_updates=40",
         "task.train_runs=2", "task.finetune.epochs=2", "task.pushforward.epochs=2", "task.pushforward.restarts=1",
         "task.pushforward.options.hidden=[8]", "task.test.max_samples=300", "task.domain_distance.max_samples=100"]
 
 
-def compose_cfg(*overrides):
+def compose_cfg(*overrides, experiment="transfer_digits"):
     with initialize_config_module("dsflow.configs", version_base="1.3"):
-        return compose(config_name="config", overrides=[*TINY, *overrides])
+        return compose(config_name="config", overrides=[f"+experiment={experiment}", *TINY, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,9 @@ def sweep(tmp_path_factory):
     summaries = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         summaries[name] = run(compose_cfg(f"seed={seed}"), run_dir=root / name)
+    # the other family, same protocol: one more row of the same table
+    summaries["w"] = run(compose_cfg("functional.n_projections=20", "flow.trajectory_every=1",
+                                     experiment="transfer_digits_wow"), run_dir=root / "w")
     return root, summaries
 
 
@@ -51,6 +54,14 @@ def test_every_setting_is_trained_and_scored(sweep):
     assert s["transfer_label_map"] == {str(c): c for c in range(10)}  # a 30-degree rotation keeps every class
 
 
+def test_the_wow_family_runs_the_same_protocol(sweep):
+    _, s = sweep
+    w = s["w"]
+    assert w["status"] == "ok" and w["flow_family"] == "mmd_sw" and w["functional"] == "MMDSW"
+    assert list(w["transfer_accuracy"]) == list(s["a"]["transfer_accuracy"])
+    assert w["objective_after"] < w["objective_before"]
+
+
 def test_same_seed_repeats_and_another_seed_changes_the_numbers(sweep):
     _, s = sweep
     assert s["a"]["transfer_accuracy"] == s["b"]["transfer_accuracy"]
@@ -69,8 +80,11 @@ def test_report_table_has_every_setting_and_pools_the_seeds(sweep):
                    "fine-tune (source -> target)"):
         assert column in table
     row = [line for line in table.splitlines() if line.startswith("| digits[rotate(angle=30)] -> digits")]
-    assert len(row) == 1 and "| 3 | otdd |" in row[0] and "3 x 2" in row[0]  # 3 runs x 2 trainings, one row
-    assert row[0].count("±") == 6
+    otdd = [r for r in row if "| 3 | otdd |" in r]
+    wow = [r for r in row if "| 3 | mmd_sw |" in r]
+    assert len(row) == 2 and len(otdd) == 1 and "3 x 2" in otdd[0]  # 3 runs x 2 trainings, one row
+    assert otdd[0].count("±") == 6
+    assert len(wow) == 1 and "1 x 2" in wow[0]  # the WoW family's row
 
 
 def test_sweep_figures(sweep, tmp_path):
