@@ -83,35 +83,12 @@ def resolve_dtype(name: str):
     return getattr(torch, name)
 
 
-def check_same_feature_space(source, target) -> None:
-    """Source and target must share the feature dimension (OTDD compares features).
+def check_same_feature_space(source, target, source_cfg=None, target_cfg=None) -> None:
+    """Source and target must share the feature dimension; the error's fix is an override that
+    exists for these datasets' configs (`dsflow.data.compat`)."""
+    from dsflow.data.compat import check_same_feature_space as check
 
-    The message suggests the ``resize`` transform (images) that makes them match.
-    """
-    if source.d == target.d:
-        return
-
-    def shape(data):
-        return f"d={data.d}" + (f", image {'x'.join(map(str, data.image_shape))}" if data.image_shape else "")
-
-    if source.is_image and target.is_image:
-        c, h, w = target.image_shape
-        hint = (
-            "Resize one side to the other's image size, e.g. "
-            f"'source.transform=[{{name: resize, size: [{h}, {w}]}}]' (the digits and torchvision "
-            f"loaders also take source.resize={h})"
-            + (f", and give it {c} channel(s) with source.channels={c}" if source.image_shape[0] != c else "")
-        )
-    else:
-        hint = (
-            "Pick datasets of the same dimension (e.g. source.dim=... for gaussians) or bring both "
-            "to one feature space first (image data: the resize transform, "
-            "'source.transform=[{name: resize, size: [H, W]}]')"
-        )
-    raise ValueError(
-        f"source {source.name!r} ({shape(source)}) and target {target.name!r} ({shape(target)}) "
-        f"have different feature dimensions; a flow needs one feature space. {hint}"
-    )
+    check(source, target, source_cfg, target_cfg)
 
 
 def load_datasets(cfg, device=None, dtype=None):
@@ -123,18 +100,20 @@ def load_datasets(cfg, device=None, dtype=None):
     """
     from hydra.utils import instantiate
 
+    from dsflow.data.common import config_prefix
     from dsflow.data.container import LabeledData
 
     datasets = []
     for side in ("source", "target"):
-        data = instantiate(cfg[side])
+        with config_prefix(side):  # loader hints name `source.KEY=...` / `target.KEY=...`
+            data = instantiate(cfg[side])
         if not isinstance(data, LabeledData):
             raise TypeError(
                 f"{side}: the dataset config's _target_ must return LabeledData, got {type(data).__name__}"
             )
         datasets.append(data.check_finite(side))
     source, target = datasets
-    check_same_feature_space(source, target)
+    check_same_feature_space(source, target, cfg["source"], cfg["target"])
     # checked again in the run's dtype: float64 values beyond float32's range become Inf there
     converted = [d.to(device, dtype) for d in (source, target)]
     if dtype is not None:

@@ -1,4 +1,4 @@
-"""Datasets as `LabeledData`: embedded, synthetic, user arrays and torchvision sets.
+"""Datasets as `LabeledData`: embedded, synthetic, user files (npz, image folders, CSV) and torchvision sets.
 
 Every loader is a plain function returning a CPU float32 :class:`LabeledData`; dataset
 configs (``configs/dataset/*.yaml``) name one as ``_target_`` and list its keyword
@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from dsflow.data.container import LabeledData
 from dsflow.data.embedded import digits, npz
+from dsflow.data.files import image_folder, pixel_csv
 from dsflow.data.synthetic import gaussians, moons, rings, swissroll
 from dsflow.data.transforms import TRANSFORMS, apply_transforms, register_transform
 from dsflow.data.vision import camelyon, cifar10, emnist, fashion_mnist, kmnist, mnist, stl10, usps
@@ -23,6 +24,8 @@ LOADERS: dict[str, Callable[..., LabeledData]] = {
     "moons": moons,
     "rings": rings,
     "npz": npz,
+    "image_folder": image_folder,
+    "csv": pixel_csv,
     "mnist": mnist,
     "usps": usps,
     "fashion_mnist": fashion_mnist,
@@ -52,11 +55,13 @@ __all__ = [
     "emnist",
     "fashion_mnist",
     "gaussians",
+    "image_folder",
     "kmnist",
     "load_dataset",
     "mnist",
     "moons",
     "npz",
+    "pixel_csv",
     "register_transform",
     "rings",
     "stl10",

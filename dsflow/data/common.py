@@ -8,6 +8,8 @@ them and converts channels (:func:`images_to_labeled_data`).  That way asking fo
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -67,13 +69,79 @@ def image_size_hw(size: Any, what: str = "resize") -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+# ---------------------------------------------------------------------------- hints
+#: Where the options of the loader being called live in the run's config (``source``,
+#: ``target``, ``oracle.train``); empty when a loader is called from Python.  The loader
+#: cannot know it, and a hint is only worth printing when it can be pasted as it is.
+_CONFIG_PREFIX: contextvars.ContextVar[str] = contextvars.ContextVar("dsflow_data_config_prefix", default="")
+
+
+@contextlib.contextmanager
+def config_prefix(prefix: str):
+    """Within the block, loader hints read ``PREFIX.key=value`` (e.g. ``source.channels=1``)."""
+    token = _CONFIG_PREFIX.set(str(prefix or ""))
+    try:
+        yield
+    finally:
+        _CONFIG_PREFIX.reset(token)
+
+
+def override(key: str, value: Any) -> str:
+    """The override that sets a loader option: ``source.KEY=VALUE`` inside
+    :func:`config_prefix` ("source"), else ``KEY=VALUE`` (a keyword argument)."""
+    prefix = _CONFIG_PREFIX.get()
+    return shell_override(f"{prefix + '.' if prefix else ''}{key}", value)
+
+
+def shell_override(key: str, value: Any) -> str:
+    """``KEY=VALUE`` that a shell passes to Hydra as one argument: lists of numbers are
+    compact (``[28,28]``), anything else with a space or a brace is single-quoted whole."""
+    value = to_plain(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        text = "[" + ",".join(format_override_value(v) for v in value) + "]"
+    else:
+        text = format_override_value(value)
+    arg = f"{key}={text}"
+    return f"'{arg}'" if any(c in arg for c in ' {}"*?$') else arg
+
+
+def format_override_value(value: Any) -> str:
+    """A value as Hydra's override grammar (and YAML flow style) reads it back."""
+    value = to_plain(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return repr(value.item() if isinstance(value, np.generic) else value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {format_override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_override_value(v) for v in value) + "]"
+    text = str(value)
+    if text and all(c.isalnum() or c in "_-./" for c in text) and text not in ("null", "true", "false"):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'  # double quotes: shell_override may add single ones
+
+
+def square_image_shapes(d: int) -> list[tuple[int, int, int]]:
+    """``(C, s, s)`` image shapes with ``d`` values (grey first, then RGB): the shapes a hint
+    can offer for flat features of dimension ``d``."""
+    shapes = []
+    for c in (1, 3):
+        s = int(round((d / c) ** 0.5)) if d % c == 0 else 0
+        if s > 0 and c * s * s == d:
+            shapes.append((c, s, s))
+    return shapes
+
+
 def missing_files_error(dataset: str, expected: Sequence[Path], *, root: Path, hint: str = "") -> FileNotFoundError:
     """The error raised when a dataset's files are not on disk: exact paths + the download hint."""
     lines = "\n".join(f"  {p}" for p in expected)
     return FileNotFoundError(
         f"{dataset}: dataset files not found under root {str(root)!r}. Expected:\n{lines}\n"
-        f"Set `root` (or the {DATA_ENV_VAR} environment variable) to the folder holding them, "
-        f"or pass download=true (e.g. `source.download=true`) to fetch them with torchvision."
+        f"Set `{override('root', '/path/to/data')}` (or the {DATA_ENV_VAR} environment variable) to the folder "
+        f"holding them, or `{override('download', True)}` to fetch them with torchvision."
         + (f"\n{hint}" if hint else "")
     )
 
@@ -170,6 +238,27 @@ def select_indices(
     return np.sort(order[rank < n_per_class])
 
 
+def class_values(classes: Any, names: Sequence[str], loader: str) -> Any:
+    """``classes`` with class *names* (``[cat, dog]``) replaced by their label values, for
+    loaders whose labels index a list of names (image folders, CSV files with text labels).
+    Integers are label values; a string is a name first (``'3'``: the class named 3)."""
+    wanted = to_plain(classes)
+    if wanted is None:
+        return None
+    if isinstance(wanted, (str, bytes)) or not isinstance(wanted, Sequence):
+        wanted = [wanted]
+    index = {str(n): i for i, n in enumerate(names)}
+    out = []
+    for entry in wanted:
+        if isinstance(entry, str) and entry in index:  # a name (a quoted '3' is the folder named 3)
+            out.append(index[entry])
+        elif isinstance(entry, str) and not entry.lstrip("-").isdigit():
+            raise ValueError(f"{loader}: unknown class {entry!r} in classes; the classes are {list(names)}")
+        else:
+            out.append(entry)
+    return out
+
+
 # ---------------------------------------------------------------------------- stratified splits
 def ranks_in_class(labels: np.ndarray, shuffled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(order, rank)``: the indices ``shuffled`` grouped by class and each one's rank in its class.
@@ -242,8 +331,10 @@ class RowSelection:
         return np.asarray(self.array[index])
 
 
-def _convert_channels(x, channels: int | None, loader: str):
-    """``(n, C, H, W)`` float -> ``channels`` channels (grey <-> RGB)."""
+def convert_channels(x, channels: int | None, loader: str = "images"):
+    """``(n, C, H, W)`` float -> ``channels`` channels: grey -> RGB repeats the channel, RGB ->
+    grey is the ITU-R 601-2 luma ``0.299 R + 0.587 G + 0.114 B`` (the weights of PIL's
+    ``convert("L")`` and torchvision's ``Grayscale``), in float, without rounding to 8 bits."""
     if channels is None or x.shape[1] == channels:
         return x
     if channels not in (1, 3):
@@ -257,6 +348,16 @@ def _convert_channels(x, channels: int | None, loader: str):
         weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
         return (x * weights).sum(dim=1, keepdim=True)
     raise ValueError(f"{loader}: cannot convert {x.shape[1]} channels to {channels}")
+
+
+def check_image_options(resize: Any, channels: Any, normalize: Any, loader: str) -> None:
+    """The image options every image loader takes, checked before anything is decoded."""
+    if resize is not None:
+        image_size_hw(resize, f"{loader}: resize")
+    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
+        raise ValueError(f"{loader}: channels must be 1, 3 or null (as stored), got {channels!r}")
+    if normalize is not None and not isinstance(to_plain(normalize), Mapping):
+        raise ValueError(f"{loader}: normalize must be null or {{mean: [...], std: [...]}}, got {normalize!r}")
 
 
 def resize_images(x, size: Any, *, antialias: bool = True):
@@ -331,12 +432,7 @@ def images_to_labeled_data(
     if layout not in _TO_NCHW:
         raise ValueError(f"unknown layout {layout!r}; expected one of {sorted(_TO_NCHW)}")
     # Check the cheap options before decoding anything.
-    if resize is not None:
-        image_size_hw(resize, f"{loader}: resize")
-    if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
-        raise ValueError(f"{loader}: channels must be 1, 3 or null (native), got {channels!r}")
-    if normalize is not None and not isinstance(to_plain(normalize), Mapping):
-        raise ValueError(f"{loader}: normalize must be null or {{mean: [...], std: [...]}}, got {normalize!r}")
+    check_image_options(resize, channels, normalize, loader)
     parse_transform_spec(transform)  # unknown transform names / options fail here
     # Decode in chunks so that the float32 copy of the *native-size* images never exists for
     # the whole selection at once (96x96 float PCam patches would need 110 kB each).
@@ -349,7 +445,7 @@ def images_to_labeled_data(
         if resize is not None:
             part = resize_images(part, resize)
         if channels is not None:
-            part = _convert_channels(part, channels, loader)
+            part = convert_channels(part, channels, loader)
         parts.append(part)
     x = torch.cat(parts) if len(parts) > 1 else parts[0]
     data = LabeledData(

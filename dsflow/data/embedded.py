@@ -9,7 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from dsflow.data.common import finish_vectors, images_to_labeled_data, ranks_in_class, select_indices, to_plain
+from dsflow.data.common import (
+    check_image_options,
+    finish_vectors,
+    images_to_labeled_data,
+    override,
+    ranks_in_class,
+    select_indices,
+    square_image_shapes,
+    to_plain,
+)
 
 
 #: The embedded digits have no official train/test split; this fixed, stratified one (half of
@@ -96,6 +105,9 @@ def npz(
     y_key: str = "y",
     image_shape: Any = None,
     channels_last: bool | None = None,
+    resize: Any = None,
+    channels: int | None = None,
+    normalize: Any = None,
     n_per_class: int | None = None,
     max_samples: int | None = None,
     classes: Any = None,
@@ -108,9 +120,12 @@ def npz(
     ``x`` may be ``(n, d)``, ``(n, H, W)``, ``(n, C, H, W)`` or ``(n, H, W, C)``
     (``channels_last``: null = guess from the shape).  ``uint8`` arrays are divided by 255.
     Files written by :meth:`LabeledData.save_npz` also restore class names and image shape.
+    Images take ``resize`` / ``channels`` / ``normalize`` as the other image loaders do
+    (e.g. ``channels: 1`` for RGB digits flowed toward grey MNIST); flat features do not.
     """
     if path is None or str(path) == "":
-        raise ValueError("npz: give the file with `path=...` (e.g. `source.path=/data/mine.npz`)")
+        raise ValueError(f"npz: give the file with `{override('path', '/data/mine.npz')}`")
+    check_image_options(resize, channels, normalize, "npz")
     path = Path(path).expanduser()
     expected = "an .npz archive of arrays x (n, d) and y (n,), e.g. written by numpy.savez(path, x=x, y=y)"
     if path.is_dir():
@@ -134,10 +149,8 @@ def npz(
         present = list(archive.files)
         for role, key in (("x_key", x_key), ("y_key", y_key)):
             if key not in present:
-                raise ValueError(
-                    f"npz {path}: no array named {key!r} ({role}); the file holds {present}. "
-                    f"Set {role} to the right name (e.g. `source.{role}={present[0] if present else 'x'}`)"
-                )
+                raise ValueError(f"npz {path}: no array named {key!r} ({role}); the file holds {present}. "
+                                 + _npz_key_hint(archive, role, x_key if role == "y_key" else y_key))
         x, y = archive[x_key], archive[y_key]
         stored = {}
         if "meta" in present:
@@ -171,17 +184,55 @@ def npz(
                           loader="npz")
     features = features[keep]
     scale = 255.0 if features.dtype == np.uint8 else 1.0
-    features = features.astype(np.float32) / np.float32(scale)
     names = stored.get("class_names") or None
     if names:
         names = {int(k): v for k, v in names.items()}
+    meta = {"dataset": "npz", "path": str(path), "indices": keep.tolist()}
+    name = name or stored.get("name") or path.stem
+    if shape is not None and len(shape) == 3:
+        return images_to_labeled_data(
+            features.reshape(features.shape[0], *shape), y[keep], layout="NCHW", scale=scale, resize=resize,
+            channels=channels, normalize=normalize, transform=transform, seed=seed, class_names=names,
+            name=name, loader="npz", meta=meta,
+        )
+    asked = [key for key, value in (("resize", resize), ("channels", channels), ("normalize", normalize))
+             if value is not None]
+    if asked:
+        shapes = square_image_shapes(features.shape[1])
+        fix = (f"; if they are images, give their shape, e.g. `{override('image_shape', list(shapes[0]))}`"
+               if shapes else f"; if they are images, give their shape as {override('image_shape', '[C, H, W]')}")
+        raise ValueError(f"npz {path}: {', '.join(asked)} need image data, but {x_key!r} holds flat features "
+                         f"{features.shape[1:]} with no image_shape{fix}")
     data = finish_vectors(
-        features, y[keep], transform=None, seed=seed, class_names=names,
-        name=name or stored.get("name") or path.stem,
-        meta={"dataset": "npz", "path": str(path), "indices": keep.tolist()},
+        features.astype(np.float32) / np.float32(scale), y[keep], transform=None, seed=seed, class_names=names,
+        name=name, meta=meta,
     )
     if shape is not None:
         data = data.with_(image_shape=shape)
     from dsflow.data.transforms import apply_transforms
 
     return apply_transforms(data, transform, seed=seed)
+
+
+def _npz_key_hint(archive, role: str, other_key: str) -> str:
+    """The fix for a missing ``x_key``/``y_key``: the one array of the file that fits the role
+    (features: at least 2-D; labels: 1-D integers), as an override, when there is one."""
+    fits = []
+    for key in archive.files:
+        if key in (other_key, "meta"):
+            continue
+        try:
+            value = archive[key]
+        except Exception:  # an unreadable member: not a candidate
+            continue
+        if role == "x_key" and value.ndim >= 2 and np.issubdtype(value.dtype, np.number):
+            fits.append(key)
+        if role == "y_key" and value.ndim == 1 and (np.issubdtype(value.dtype, np.integer)
+                                                    or np.issubdtype(value.dtype, np.floating)):
+            fits.append(key)
+    what = "features (n, ...)" if role == "x_key" else "integer labels (n,)"
+    if len(fits) == 1:
+        return f"Set {role} to the array of {what}: `{override(role, fits[0])}`"
+    if fits:
+        return f"Set {role} to the array of {what}, one of {fits} (e.g. `{override(role, fits[0])}`)"
+    return f"None of them looks like {what}; store them with numpy.savez(path, x=x, y=y)"

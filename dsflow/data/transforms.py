@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-from dsflow.data.common import image_size_hw, resize_images, to_plain
+from dsflow.data.common import convert_channels, image_size_hw, resize_images, to_plain
 
 TRANSFORMS: dict[str, Callable] = {}
 
@@ -146,6 +146,18 @@ def resize(data, size: Any = 28, antialias: bool = True):
     _require_images(data, "resize")
     image_size_hw(size, "transform 'resize'")
     return _replace_images(data, resize_images(data.images(), size, antialias=antialias))
+
+
+@register_transform("channels")
+def channels(data, channels: int = 1):
+    """Convert images to ``channels`` (1 or 3) channels: RGB -> grey by ITU-R 601 luma
+    (0.299, 0.587, 0.114), grey -> RGB by repeating the channel.  Every image loader has the
+    same conversion as its ``channels`` option; this is the transform for data that arrive
+    some other way (a custom loader, or after other transforms)."""
+    _require_images(data, "channels")
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ValueError(f"transform 'channels': channels must be 1 or 3, got {channels!r}")
+    return _replace_images(data, convert_channels(data.images(), channels, "transform 'channels'"))
 
 
 # ---------------------------------------------------------------------------- intensities

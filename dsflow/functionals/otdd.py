@@ -56,7 +56,10 @@ class OTDD(Functional):
     iterations per step against 50-211 at 1e-2),
     ``label_grad``, ``warm_start``, Sinkhorn ``scaling``/``tol``/``max_iter``, and the
     label-model options ``gaussian_method``, ``diagonal_cov``, ``cov_ridge``,
-    ``exact_inner_solver``, ``inner_entreg``; ``overrelax`` (Sinkhorn over-relaxation).
+    ``exact_inner_solver``, ``inner_entreg``; ``overrelax`` (Sinkhorn over-relaxation);
+    ``cost_backend`` (``auto``/``tensorized``/``online``), ``chunk_size``, ``memory_budget_gb``:
+    whether the outer costs are held in memory or rebuilt by row blocks (`dsflow.ot.online`,
+    for tens of thousands of particles).
     """
 
     name = "otdd"
@@ -82,6 +85,9 @@ class OTDD(Functional):
         overrelax: float = 1.8,
         solver: str = "dsflow",
         allow_singletons: bool = False,
+        cost_backend: str = "auto",
+        chunk_size: int | None = None,
+        memory_budget_gb: float | None = None,
         target: Any = None,
     ):
         from dsflow.ot.problem import make_problem
@@ -92,7 +98,7 @@ class OTDD(Functional):
             scaling=scaling, tol=tol, max_iter=max_iter, overrelax=overrelax, solver=solver,
             gaussian_method=gaussian_method, diagonal_cov=diagonal_cov, cov_ridge=cov_ridge,
             exact_inner_solver=exact_inner_solver, inner_entreg=inner_entreg, allow_singletons=allow_singletons,
-            caller="OTDD",
+            cost_backend=cost_backend, chunk_size=chunk_size, memory_budget_gb=memory_budget_gb, caller="OTDD",
         )
         #: the label model (`dsflow.ot.label_models`): fits class statistics, returns label distances
         self.labels = self.problem.labels

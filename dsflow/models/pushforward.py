@@ -207,13 +207,16 @@ def check_pushforward_options(options: dict, *, dim: int, image_shape=None, n: i
 
 def fit_pushforward(x0, xT, *, image_shape=None, architecture: str = "auto", epochs: int = 20, lr: float = 1e-3,
                     batch_size: int = 64, restarts: int = 10, val_fraction: float = 0.2, seed: int = 0, device=None,
-                    residual: bool | None = None, options: dict | None = None) -> PushForward:
+                    residual: bool | None = None, options: dict | None = None,
+                    progress: bool | None = None) -> PushForward:
     """Fit ``h`` with ``h(x0[i]) ~ xT[i]`` (see module docstring); returns the best restart.
 
     ``x0``/``xT`` are ``(n, d)`` (or `LabeledData`, whose ``image_shape`` is then used).
+    ``progress``: one bar over all ``restarts x epochs`` on a terminal
+    (`dsflow.models.training.progress_bar`; ``None``: the `show_progress` setting).
     """
     from dsflow.data.container import LabeledData
-    from dsflow.models.training import resolve_device, small_model_threads
+    from dsflow.models.training import progress_bar, resolve_device, small_model_threads
 
     if isinstance(x0, LabeledData):
         image_shape = image_shape or x0.image_shape
@@ -243,31 +246,38 @@ def fit_pushforward(x0, xT, *, image_shape=None, architecture: str = "auto", epo
 
     best = None
     history = []
-    for r in range(int(restarts)):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed) * 1000 + r)
-            net = make_pushforward_net(d, image_shape, architecture, residual, **dict(options or {}))
-        net.shift.fill_(shift)
-        net.scale.fill_(scale)
-        net.to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=float(lr))
-        g = torch.Generator().manual_seed(int(seed) * 1000 + r)
-        rec = {"train_mse": [], "val_mse": []}
-        with small_model_threads(net, device):
-            _train_restart(net, opt, g, rec, xtr, ytr, xval, yval, epochs=int(epochs), batch_size=int(batch_size),
-                           device=device)
-        final = rec["val_mse"][-1] if rec["val_mse"] else _mse(net, xval, yval)
-        rec["final_val_mse"] = final
-        history.append(rec)
-        if best is None or final < best[0]:
-            best = (final, r, net)
+    bar = progress_bar(int(restarts) * int(epochs), "push-forward fit", progress)
+    try:
+        for r in range(int(restarts)):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed) * 1000 + r)
+                net = make_pushforward_net(d, image_shape, architecture, residual, **dict(options or {}))
+            net.shift.fill_(shift)
+            net.scale.fill_(scale)
+            net.to(device)
+            opt = torch.optim.Adam(net.parameters(), lr=float(lr))
+            g = torch.Generator().manual_seed(int(seed) * 1000 + r)
+            rec = {"train_mse": [], "val_mse": []}
+            with small_model_threads(net, device):
+                _train_restart(net, opt, g, rec, xtr, ytr, xval, yval, epochs=int(epochs),
+                               batch_size=int(batch_size), device=device, bar=bar, restart=r)
+            final = rec["val_mse"][-1] if rec["val_mse"] else _mse(net, xval, yval)
+            rec["final_val_mse"] = final
+            history.append(rec)
+            if best is None or final < best[0]:
+                best = (final, r, net)
+    finally:
+        if bar is not None:
+            bar.close()
     net = best[2].eval().requires_grad_(False)
     return PushForward(model=net, val_mse=best[0], identity_val_mse=identity, best_restart=best[1],
                        history=history, val_index=val_idx)
 
 
-def _train_restart(net, opt, g, rec, xtr, ytr, xval, yval, *, epochs, batch_size, device) -> None:
-    """Train one restart for ``epochs`` epochs, appending train / held-out MSE per epoch to ``rec``."""
+def _train_restart(net, opt, g, rec, xtr, ytr, xval, yval, *, epochs, batch_size, device, bar=None,
+                   restart=0) -> None:
+    """Train one restart for ``epochs`` epochs, appending train / held-out MSE per epoch to ``rec``
+    (and advancing the progress ``bar``, when there is one, by one epoch)."""
     for _ in range(int(epochs)):
         net.train()
         order = torch.randperm(xtr.shape[0], generator=g).to(device)
@@ -281,6 +291,9 @@ def _train_restart(net, opt, g, rec, xtr, ytr, xval, yval, *, epochs, batch_size
             total += loss.detach() * idx.numel()
         rec["train_mse"].append(float(total) / xtr.shape[0])
         rec["val_mse"].append(_mse(net, xval, yval))
+        if bar is not None:
+            bar.set_postfix(restart=restart, val_mse=f"{rec['val_mse'][-1]:.3g}", refresh=False)
+            bar.update(1)
 
 
 @torch.no_grad()

@@ -9,9 +9,11 @@ and checkpoints live in `dsflow.models.cache`.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import inspect
 import logging
+import sys
 from contextlib import contextmanager
 from typing import Mapping
 
@@ -35,20 +37,57 @@ def resolve_device(device=None) -> torch.device:
     return torch.device(device)
 
 
+# ---------------------------------------------------------------------------- progress bars
+#: What ``progress=None`` means in `fit_classifier` / `fit_pushforward`: a task sets it from the
+#: run's ``progress`` key (`show_progress`) around code that trains, e.g. an oracle built by
+#: ``instantiate(cfg.oracle)``, whose config cannot carry the run's setting.
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("dsflow_models_progress", default=True)
+
+
+@contextmanager
+def show_progress(enabled: bool):
+    """Within the block, training without an explicit ``progress`` shows a bar iff ``enabled``."""
+    token = _PROGRESS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def progress_bar(total: int, desc: str, progress: bool | None = None):
+    """A tqdm bar on stderr as the flow loop has one (`dsflow.flow.engine`): off with
+    ``progress=False`` (``None``: the `show_progress` setting) and silent when stderr is not a
+    terminal (logs, CI, sweeps), so it never fills a log file.  Returns ``None`` when off."""
+    enabled = _PROGRESS.get() if progress is None else bool(progress)
+    if not enabled or total <= 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=int(total), desc=desc, disable=not sys.stderr.isatty(), dynamic_ncols=True, leave=False)
+
+
 # ---------------------------------------------------------------------------- datasets
 
 
-def load_training_data(train) -> LabeledData:
+def load_training_data(train, config_key: str = "oracle.train") -> LabeledData:
     """The oracle's training set from a `LabeledData`, a dataset config or a dataset name.
 
     A config is a mapping with ``_target_`` (instantiated with Hydra) or with ``name``
     (looked up by `dsflow.data.load_dataset`).  A ``split`` key (``train``/``test``/
     ``all``) is passed to loaders that accept it; for loaders without a split (8x8
     digits) the split is done here: a deterministic stratified split holding out
-    `INHOUSE_TEST_FRACTION` of every class (seed `INHOUSE_SPLIT_SEED`).
+    `INHOUSE_TEST_FRACTION` of every class (seed `INHOUSE_SPLIT_SEED`).  A loader's hints
+    name its options under ``config_key`` (e.g. ``oracle.train.root=...``).
     """
+    from dsflow.data.common import config_prefix
+
     if isinstance(train, LabeledData):
         return train
+    with config_prefix(config_key):
+        return _load_training_data(train)
+
+
+def _load_training_data(train) -> LabeledData:
     if train is None:
         raise ValueError("oracle: checkpoint is null, so a training dataset is needed: set oracle.train to a dataset config")
     if isinstance(train, str):
@@ -135,11 +174,13 @@ def fit_classifier(
     device=None,
     val_data: LabeledData | None = None,
     fit_normalization: bool = True,
+    progress: bool | None = None,
 ) -> dict:
     """Train ``oracle`` in place with Adam + cross-entropy; returns the history.
 
     The history holds per-epoch ``loss`` and ``train_accuracy`` (running, over the
-    epoch's batches) and ``val_accuracy`` when ``val_data`` is given.
+    epoch's batches) and ``val_accuracy`` when ``val_data`` is given.  ``progress``: a bar
+    over the epochs on a terminal (`progress_bar`; ``None``: the `show_progress` setting).
     """
     if epochs < 0 or batch_size <= 0:
         raise ValueError(f"epochs must be >= 0 and batch_size > 0, got epochs={epochs}, batch_size={batch_size}")
@@ -159,7 +200,7 @@ def fit_classifier(
         history["val_accuracy"] = []
     with small_model_threads(oracle, device):
         _train_epochs(oracle, x, target, opt, gen, history, epochs=int(epochs), batch_size=int(batch_size),
-                      device=device, val_data=val_data)
+                      device=device, val_data=val_data, progress=progress)
     oracle.eval()
     return history
 
@@ -177,6 +218,7 @@ def fine_tune_classifier(
     val_data: LabeledData | None = None,
     copy_weights: bool = True,
     refit_normalization: bool = False,
+    progress: bool | None = None,
 ) -> tuple[Oracle, dict]:
     """Continue training a (frozen, pretrained) classifier on ``data``: ``(model, history)``.
 
@@ -191,14 +233,17 @@ def fine_tune_classifier(
     model = copy.deepcopy(classifier) if copy_weights else classifier
     model.unfreeze()
     history = fit_classifier(model, data, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                             seed=seed, device=device, val_data=val_data, fit_normalization=refit_normalization)
+                             seed=seed, device=device, val_data=val_data, fit_normalization=refit_normalization,
+                             progress=progress)
     model.freeze()
     return model, history
 
 
-def _train_epochs(oracle, x, target, opt, gen, history, *, epochs, batch_size, device, val_data) -> None:
+def _train_epochs(oracle, x, target, opt, gen, history, *, epochs, batch_size, device, val_data,
+                  progress=None) -> None:
     """The epochs of `fit_classifier`: Adam + cross-entropy, history appended per epoch."""
     n = x.shape[0]
+    bar = progress_bar(int(epochs), "oracle training", progress)
     for epoch in range(int(epochs)):
         oracle.train()
         perm = torch.randperm(n, generator=gen).to(device)
@@ -223,6 +268,11 @@ def _train_epochs(oracle, x, target, opt, gen, history, *, epochs, batch_size, d
             oracle.eval()
             history["val_accuracy"].append(accuracy(oracle, val_data))
         log.info("oracle epoch %d/%d: %s", epoch + 1, epochs, {k: v[-1] for k, v in history.items()})
+        if bar is not None:
+            bar.set_postfix({k.replace("_accuracy", "_acc"): f"{v[-1]:.3g}" for k, v in history.items()}, refresh=False)
+            bar.update(1)
+    if bar is not None:
+        bar.close()
 
 
 def label_indices(classes, y, what: str = "data"):

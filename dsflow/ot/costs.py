@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-__all__ = ["sqdist", "ground_cost"]
+__all__ = ["sqdist", "ground_cost", "full_precision_matmul"]
+
+
+@contextlib.contextmanager
+def full_precision_matmul(device):
+    """IEEE float32 products inside the block: no TF32 (CUDA) and no autocast (any device).
+
+    The GEMM expansion ``|x|^2 + |y|^2 - 2 x.y`` cancels: for near-duplicate points the
+    result is far smaller than its terms, so the product's relative error becomes the cost's
+    absolute error.  TF32 keeps 10 mantissa bits (~5e-4 relative), bf16 8 (~4e-3): on MNIST
+    pixels (``|x|^2 ~ 100``) that is an error ~0.1-1 in the cost of a near-duplicate pair,
+    against ``entreg`` 0.1-19.  torch's default is already IEEE (``allow_tf32=False``); this
+    keeps the cost at float32 accuracy when a caller (a training script, a library) switched TF32 or
+    autocast on.  ``scripts/precision_policy.py`` measures the errors.
+    """
+    dev = torch.device(device)
+    autocast = torch.autocast(dev.type, enabled=False) if torch.is_autocast_enabled(dev.type) else contextlib.nullcontext()
+    if dev.type != "cuda":
+        with autocast:
+            yield
+        return
+    flag = torch.backends.cuda.matmul
+    prev = flag.allow_tf32
+    flag.allow_tf32 = False
+    try:
+        with autocast:
+            yield
+    finally:
+        flag.allow_tf32 = prev
 
 
 class _SqDist(torch.autograd.Function):
@@ -25,6 +55,11 @@ class _SqDist(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x1, x2, same: bool):
+        with full_precision_matmul(x1.device):
+            return _SqDist._forward(ctx, x1, x2, same)
+
+    @staticmethod
+    def _forward(ctx, x1, x2, same: bool):
         n1 = (x1 * x1).sum(-1)
         n2 = n1 if same else (x2 * x2).sum(-1)
         C = torch.add(n1[..., :, None], n2[..., None, :])
@@ -38,6 +73,11 @@ class _SqDist(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, G):
+        with full_precision_matmul(G.device):
+            return _SqDist._backward(ctx, G)
+
+    @staticmethod
+    def _backward(ctx, G):
         x1, x2 = ctx.saved_tensors
         if ctx.same:
             S = G + G.mT
@@ -59,10 +99,13 @@ def sqdist(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     if x1.shape[-1] != x2.shape[-1]:
         raise ValueError(f"feature dimensions differ: {x1.shape[-1]} vs {x2.shape[-1]}")
     if x1.shape[:-2] != x2.shape[:-2] or x1.ndim not in (2, 3):
-        # broadcast batches: plain autograd through the expansion
+        # broadcast batches: plain autograd through the expansion (its backward products may
+        # run under TF32 if the caller enabled it; the forward does not)
         n1 = (x1 * x1).sum(-1)
         n2 = (x2 * x2).sum(-1)
-        C = (n1[..., :, None] + n2[..., None, :] - 2.0 * (x1 @ x2.mT)).clamp(min=0)
+        with full_precision_matmul(x1.device):
+            prod = x1 @ x2.mT
+        C = (n1[..., :, None] + n2[..., None, :] - 2.0 * prod).clamp(min=0)
         if x1 is x2:
             eye = torch.eye(C.shape[-1], dtype=torch.bool, device=C.device)
             C = C.masked_fill(eye, 0.0)

@@ -97,11 +97,20 @@ def augmented_ot(
     target_self: tuple[torch.Tensor, torch.Tensor] | None = None,
     return_coupling: bool = False,
     overrelax: float = 1.8,
+    cost_backend: str = "auto",
+    chunk_size: int | None = None,
+    memory_budget_gb: float | None = None,
 ) -> OuterResult:
     """OT on the augmented cost between ``(xs, ys_idx)`` and ``(xt, yt_idx)``.
 
     ``target_self = (g_self, value)`` supplies a cached solution of the target self problem
     (``value = <b, g_self>``, i.e. ``OT_e(b, b)/2``) so that it is not recomputed.
+
+    ``cost_backend`` (entropic outers only): ``"tensorized"`` holds the ``n x m`` (and
+    ``n x n``) costs; ``"online"`` rebuilds them by blocks of ``chunk_size`` rows in every pass
+    (`dsflow.ot.online`: memory ``O(chunk_size * max(n, m))``, slower); ``"auto"`` picks
+    tensorized when its matrices fit ``memory_budget_gb`` (``None``: half the free memory of
+    the device).  A coupling is an ``n x m`` matrix: it needs the tensorized path.
     """
     if outer not in OUTER_CHOICES:
         raise ValueError(f"outer must be one of {OUTER_CHOICES}, got {outer!r}")
@@ -109,6 +118,19 @@ def augmented_ot(
     a = _uniform_or(a, n, xs)
     b = _uniform_or(b, m, xs)
     kw = dict(p=p, feature_weight=feature_weight, label_weight=label_weight)
+    if outer != "exact":
+        from dsflow.ot.online import choose_cost_backend
+
+        if return_coupling and cost_backend == "online":
+            raise ValueError("return_coupling=True needs the n x m coupling in memory: use cost_backend='tensorized' "
+                             "(or 'auto')")
+        mode = "tensorized" if return_coupling else choose_cost_backend(
+            cost_backend, n, m, xs.dtype, xs.device, self_x=outer == "sinkhorn",
+            self_y=outer == "sinkhorn" and target_self is None, memory_budget_gb=memory_budget_gb)
+        if mode == "online":
+            return _augmented_ot_online(xs, ys_idx, xt, yt_idx, W_st, W_ss, W_tt, a, b, outer=outer, entreg=entreg,
+                                        scaling=scaling, tol=tol, max_iter=max_iter, init=init,
+                                        target_self=target_self, overrelax=overrelax, chunk_size=chunk_size, **kw)
     C_xy = augmented_cost(xs, ys_idx, xt, yt_idx, W_st, **kw)
     if outer == "exact":
         import ot
@@ -141,10 +163,34 @@ def augmented_ot(
     )[0]
     res = OuterResult(value=value, potentials=pot)
     res.info.update(iterations=pot.iterations, schedule_steps=pot.schedule_steps, converged=pot.converged,
-                    marginal_error=pot.error, **pot.info)
+                    marginal_error=pot.error, cost_backend="tensorized", **pot.info)
     if return_coupling:
         with torch.no_grad():
             e = entreg
             logpi = (pot.f[0][:, None] + pot.g[0][None, :] - C_xy.detach()) / e + log_a[0][:, None] + log_b[0][None, :]
             res.coupling = logpi.exp()
+    return res
+
+
+def _augmented_ot_online(xs, ys_idx, xt, yt_idx, W_st, W_ss, W_tt, a, b, *, outer, entreg, scaling, tol, max_iter,
+                         init, target_self, overrelax, chunk_size, p, feature_weight, label_weight) -> OuterResult:
+    """`augmented_ot` with block costs (`dsflow.ot.online`): no ``n x m`` tensor is formed."""
+    from dsflow.ot.online import BlockCost, online_potentials, online_value
+
+    kw = dict(p=p, feature_weight=feature_weight, label_weight=label_weight)
+    debias = outer == "sinkhorn"
+    if debias and label_weight != 0.0 and (W_ss is None or (W_tt is None and target_self is None)):
+        raise ValueError("outer='sinkhorn' (debiased) needs the ss and tt label-distance blocks")
+    cxy = BlockCost(xs, ys_idx, xt, yt_idx, W_st, **kw)
+    cxx = BlockCost(xs, ys_idx, xs, ys_idx, W_ss, same=True, **kw) if debias else None
+    cyy = BlockCost(xt, yt_idx, xt, yt_idx, W_tt, same=True, **kw) if (debias and target_self is None) else None
+    log_a, log_b = a.log(), b.log()
+    pot = online_potentials(cxy, log_a, log_b, eps=entreg, cxx=cxx, cyy=cyy, scaling=scaling, tol=tol,
+                            max_iter=max_iter, init=init, overrelax=overrelax, chunk_size=chunk_size,
+                            g_self_fixed=None if target_self is None else target_self[0])
+    value = online_value(cxy, log_a, log_b, pot, cxx=cxx, cyy=cyy, debias=debias,
+                         self_y_value=None if target_self is None else target_self[1], chunk_size=chunk_size)
+    res = OuterResult(value=value, potentials=pot)
+    res.info.update(iterations=pot.iterations, schedule_steps=pot.schedule_steps, converged=pot.converged,
+                    marginal_error=pot.error, **pot.info)
     return res

@@ -44,6 +44,10 @@ class OTDDProblem:
     max_iter: int = 2000
     overrelax: float = 1.8
     solver: str = "dsflow"
+    #: outer cost in memory (``tensorized``), by blocks (``online``), or by size (``auto``): dsflow.ot.online
+    cost_backend: str = "auto"
+    chunk_size: int | None = None
+    memory_budget_gb: float | None = None
 
     @property
     def debias(self) -> bool:
@@ -73,9 +77,17 @@ class OTDDProblem:
 
     def target_self(self, xt, idx_t, W_tt, log_b):
         """``(g, half_value, iterations)`` of the target self problem (a fixed target: once)."""
+        from dsflow.ot.online import BlockCost, choose_cost_backend, online_self_potential
         from dsflow.ot.outer import augmented_cost
         from dsflow.ot.sinkhorn import self_potential
 
+        m = xt.shape[0]
+        if choose_cost_backend(self.cost_backend, m, 0, xt.dtype, xt.device, self_x=False, self_y=True,
+                               memory_budget_gb=self.memory_budget_gb) == "online":
+            cost = BlockCost(xt, idx_t, xt, idx_t, W_tt, p=self.p, feature_weight=self.feature_weight,
+                             label_weight=self.effective_label_weight, same=True)
+            return online_self_potential(cost, log_b, eps=self.entreg, scaling=self.scaling, tol=self.tol,
+                                         max_iter=self.max_iter, chunk_size=self.chunk_size)
         C_yy = augmented_cost(xt, idx_t, xt, idx_t, W_tt, p=self.p, feature_weight=self.feature_weight,
                               label_weight=self.effective_label_weight)
         return self_potential(C_yy[None], log_b[None], eps=self.entreg, scaling=self.scaling, tol=self.tol,
@@ -94,7 +106,8 @@ def _solve_dsflow(pb: OTDDProblem, xs, idx_s, xt, idx_t, W_st, W_ss, W_tt, *, a,
         xs, idx_s, xt, idx_t, W_st, W_ss, W_tt, a=a, b=b, outer=pb.outer, p=pb.p, entreg=pb.entreg,
         feature_weight=pb.feature_weight, label_weight=pb.effective_label_weight, scaling=pb.scaling,
         tol=pb.tol, max_iter=pb.max_iter, init=init, target_self=target_self, return_coupling=return_coupling,
-        overrelax=pb.overrelax,
+        overrelax=pb.overrelax, cost_backend=pb.cost_backend, chunk_size=pb.chunk_size,
+        memory_budget_gb=pb.memory_budget_gb,
     )
 
 
@@ -137,6 +150,9 @@ def make_problem(
     solver: str = "dsflow",
     return_coupling: bool = False,
     caller: str = "otdd",
+    cost_backend: str = "auto",
+    chunk_size: int | None = None,
+    memory_budget_gb: float | None = None,
     **label_options,
 ) -> OTDDProblem:
     """Validate the options once and build the problem; ``caller`` prefixes the errors.
@@ -156,7 +172,22 @@ def make_problem(
     if solver == "geomloss" and (outer == "exact" or return_coupling):
         raise ValueError(f"{caller}: solver='geomloss' gives the entropic value only: use outer='sinkhorn' or "
                          "'sinkhorn_biased' and return_coupling=False")
+    from dsflow.ot.online import COST_BACKENDS
+
+    if cost_backend not in COST_BACKENDS:
+        raise ValueError(f"{caller}: cost_backend must be one of {COST_BACKENDS}, got {cost_backend!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1):
+        raise ValueError(f"{caller}: chunk_size must be a positive integer (rows per cost block) or null, "
+                         f"got {chunk_size!r}")
+    if memory_budget_gb is not None and not float(memory_budget_gb) > 0:
+        raise ValueError(f"{caller}: memory_budget_gb must be > 0 (GiB) or null (half the free memory), "
+                         f"got {memory_budget_gb!r}")
+    if solver == "geomloss" and cost_backend == "online":
+        raise ValueError(f"{caller}: solver='geomloss' runs tensorized here (its online back-end needs KeOps "
+                         "(pykeops), which takes no custom label cost): use solver='dsflow' with cost_backend='online'")
     return OTDDProblem(labels=labels, outer=outer, p=float(p), entreg=float(entreg),
                        feature_weight=float(feature_weight), label_weight=float(label_weight),
                        scaling=float(scaling), tol=float(tol), max_iter=int(max_iter),
-                       overrelax=float(overrelax), solver=solver)
+                       overrelax=float(overrelax), solver=solver, cost_backend=cost_backend,
+                       chunk_size=None if chunk_size is None else int(chunk_size),
+                       memory_budget_gb=None if memory_budget_gb is None else float(memory_budget_gb))

@@ -52,11 +52,11 @@ def test_exact_distance_matches_pot_and_outputs_exist(tmp_path):
 
 
 def test_distance_failure_is_recorded(tmp_path):
-    with pytest.raises(ValueError, match="resize"):
+    with pytest.raises(ValueError, match="flat features"):
         cfg = compose_distance("dataset@source=digits", "source.n_per_class=2", "dataset@target=moons", base=[])
         run_distance(cfg, run_dir=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "failed" and "resize" in summary["error"]
+    assert summary["status"] == "failed" and "flat features" in summary["error"]
 
 
 def _interrupt_inside_otdd(monkeypatch, sig):

@@ -38,10 +38,10 @@ def test_run_writes_outputs_and_trajectory(tmp_path):
 
 def test_dimension_mismatch_fails_early_with_resize_hint(tmp_path):
     cfg = compose_cfg("dataset@source=digits", "source.n_per_class=3")
-    with pytest.raises(ValueError, match=r"d=64.*d=2.*resize"):
+    with pytest.raises(ValueError, match=r"d=64.*d=2.*holds images and .* flat features"):  # hints: tests/data/test_compat.py
         run(cfg, run_dir=tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "failed" and "resize" in summary["error"]
+    assert summary["status"] == "failed" and "flat features" in summary["error"]
     assert "Traceback" in summary["traceback"]
     assert read_metrics(tmp_path / "metrics.jsonl") == []  # failed before any step
 

@@ -72,7 +72,7 @@ def test_npz_custom_keys_layouts_and_uint8(tmp_path):
 def test_npz_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="npz: file not found: .*nothere.npz"):
         npz(path=tmp_path / "nothere.npz")
-    with pytest.raises(ValueError, match="give the file with `path=...`"):
+    with pytest.raises(ValueError, match="give the file with `path=/data/mine.npz`"):
         npz()
     np.savez(tmp_path / "keys.npz", features=np.zeros((3, 2)), labels=np.zeros(3))
     with pytest.raises(ValueError, match=r"no array named 'x' \(x_key\); the file holds \['features', 'labels'\]"):

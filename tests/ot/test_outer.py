@@ -102,3 +102,23 @@ def test_sqdist_backward_matches_autograd_of_the_definition(batched):
     assert torch.autograd.gradcheck(sqdist, (x1, x2)) and torch.autograd.gradgradcheck(sqdist, (x1, x2))
     # self cost: one GEMM with G + G^T, same gradient as the definition
     assert torch.autograd.gradcheck(lambda u: sqdist(u, u), (x1,))
+
+
+def test_sqdist_keeps_float32_under_a_callers_bf16_autocast():
+    """Near-duplicate pixels (|x|^2 ~ 100): the expansion cancels, so a bf16 product (8
+    mantissa bits) errs by ~0.5 in the cost, float32 by ~1e-4.  `full_precision_matmul`
+    turns a caller's autocast (and, on CUDA, TF32) off inside the cost."""
+    from dsflow.ot.costs import sqdist
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(64, 400, generator=g)
+    y = x + 1e-2 * torch.randn(64, 400, generator=g)
+    ref = sqdist(x.double(), y.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = (x * x).sum(-1)[:, None] + (y * y).sum(-1)[None, :] - 2.0 * (x @ y.mT).float()
+        ours = sqdist(x, y)
+        ours_bcast = sqdist(x[None, None], y[None, None])[0, 0]  # the broadcast route
+    assert float((raw.double() - ref).abs().max()) > 0.05  # what the guard prevents
+    for C in (ours, ours_bcast):
+        assert C.dtype == torch.float32
+        assert float((C.double() - ref).abs().max()) < 1e-3
