@@ -17,6 +17,7 @@ _LAZY = {
     "MLP": "networks",
     "LeNet5": "networks",
     "ResNet18Cifar": "networks",
+    "ConvNet": "networks",
     "make_oracle": "networks",
     "build_network": "networks",
     "batched_apply": "networks",

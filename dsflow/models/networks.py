@@ -10,7 +10,10 @@ Architectures (paper appendix C / section 7.3):
 * ``lenet5``: LeNet-5 with ReLU for grey (or colour) images of side >= 12; the last
   pooling is adaptive so 28x28 (the classic case), 16x16 (USPS) or 32x32 all work.
 * ``resnet18_cifar``: ResNet-18, CIFAR variant (3x3 stride-1 stem, no max-pool).
-* ``mlp``: a small multi-layer perceptron for vectors such as 8x8 digits (64-d).
+* ``mlp``: a small multi-layer perceptron for vectors such as 8x8 digits (64-d);
+  ``hidden: []`` makes it a logistic regression (one linear layer + softmax).
+* ``convnet``: the small ConvNet of the dataset-distillation literature (depth 3, width 128,
+  instance norm, ReLU, average pooling), which distillation benchmarks train on synthetic sets.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-ARCHITECTURES = ("mlp", "lenet5", "resnet18_cifar")
-CONV_ARCHITECTURES = ("lenet5", "resnet18_cifar")
+ARCHITECTURES = ("mlp", "lenet5", "resnet18_cifar", "convnet")
+CONV_ARCHITECTURES = ("lenet5", "resnet18_cifar", "convnet")
 
 
 class MLP(nn.Module):
@@ -84,6 +87,35 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
+class ConvNet(nn.Module):
+    """The ConvNet of dataset distillation (Zhao et al. 2021; the WoW paper's evaluation model).
+
+    ``depth`` blocks of conv 3x3 (``width`` channels, pad 1) -> instance norm (affine, as
+    ``GroupNorm(width, width)``) -> ReLU -> average pool 2, then one linear layer.  Instance
+    norm, not batch norm: a synthetic set of 10 images gives batch statistics of 10 samples.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int] = (28, 28), width: int = 128,
+                 depth: int = 3):
+        super().__init__()
+        h, w = (int(s) for s in image_size)
+        if min(h, w) < 2 ** int(depth):
+            raise ValueError(f"convnet with depth {depth} halves the image {depth} times: it needs a side >= "
+                             f"{2 ** int(depth)}, got {h}x{w}; lower options.depth or resize the data")
+        layers: list[nn.Module] = []
+        channels = int(in_channels)
+        for _ in range(int(depth)):
+            layers += [nn.Conv2d(channels, int(width), 3, padding=1), nn.GroupNorm(int(width), int(width)), nn.ReLU(),
+                       nn.AvgPool2d(2)]
+            channels = int(width)
+            h, w = h // 2, w // 2
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels * h * w, int(num_classes))
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
 class _BasicBlock(nn.Module):
     expansion = 1
 
@@ -140,7 +172,7 @@ def build_network(architecture: str, *, input_dim: int, image_shape, num_classes
     arch = str(architecture).lower()
     if arch == "mlp":
         return MLP(input_dim, num_classes, **options)
-    if arch in ("lenet5", "resnet18_cifar"):
+    if arch in CONV_ARCHITECTURES:
         if image_shape is None or len(image_shape) != 3:
             raise ValueError(
                 f"architecture {arch!r} is convolutional and needs image data with image_shape (C, H, W); "
@@ -149,6 +181,8 @@ def build_network(architecture: str, *, input_dim: int, image_shape, num_classes
         c, h, w = image_shape
         if arch == "lenet5":
             return LeNet5(c, num_classes, (h, w), **options)
+        if arch == "convnet":
+            return ConvNet(c, num_classes, (h, w), **options)
         return ResNet18Cifar(c, num_classes, **options)
     raise ValueError(f"unknown oracle architecture {architecture!r}; valid: {', '.join(ARCHITECTURES)}")
 

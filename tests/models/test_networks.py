@@ -13,6 +13,9 @@ from dsflow.models.networks import Oracle
         ("lenet5", (1, 16, 16), {}),
         ("lenet5", (3, 32, 32), {}),
         ("resnet18_cifar", (3, 32, 32), {"width": 4}),
+        ("convnet", (1, 28, 28), {"width": 8}),
+        ("convnet", (1, 8, 8), {"width": 4, "depth": 2}),
+        ("mlp", (1, 8, 8), {"hidden": []}),  # logistic regression
     ],
 )
 def test_architectures_take_flat_rows(arch, shape, options):
@@ -27,6 +30,14 @@ def test_lenet_classic_flatten_size():
     oracle = make_oracle("lenet5", input_dim=784, image_shape=(1, 28, 28), classes=range(10))
     feats = oracle.network.features(torch.zeros(1, 1, 28, 28))
     assert feats.shape == (1, 16, 5, 5)  # classic LeNet-5: the adaptive pool is the identity on 28x28
+
+
+def test_convnet_is_the_distillation_convnet_and_refuses_too_small_images():
+    oracle = make_oracle("convnet", input_dim=784, image_shape=(1, 28, 28), classes=range(10))
+    convs = [m for m in oracle.network.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [128, 128, 128] and oracle.network.fc.in_features == 128 * 3 * 3
+    with pytest.raises(ValueError, match="lower options.depth"):
+        make_oracle("convnet", input_dim=16, image_shape=(1, 4, 4), classes=range(2))
 
 
 def test_wrong_feature_dimension_is_a_clear_error():
