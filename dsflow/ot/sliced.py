@@ -116,25 +116,44 @@ def _pair_chunks(k1: int, k2: int, per_pair: int, max_elements: int):
         yield pairs[start:start + size]
 
 
+#: relative size below which an expanded pair value is recomputed by differences (`_PairMeanSquare`)
+_GUARD = 1e-3
+
+
 class _PairMeanSquare(torch.autograd.Function):
     """``out[i, j, l] = sum_n w_n (a[i, l, n] - b[j, l, n])^2`` for all pairs (``w = 1/n``: the
     mean), with a hand-written backward: ``d out / d a_i = 2 w (a_i sum_j g_ij - sum_j g_ij b_j)``,
     two batched matrix products over the directions instead of autograd through a
     ``(k1, k2, L, n)`` difference (measured: the backward was 2/3 of an SW step at
     10 x 200 x 784, L = 500).  The forward takes the differences themselves, so identical
-    classes give exactly 0; ``expand=True`` computes ``|a|^2 + |b|^2 - 2 a.b`` by batched
-    products instead, for the self matrix, whose only equal pairs are its diagonal, which
-    `_sw_matrix` overwrites with exact zeros (measured: the self forward was a sixth of a step)."""
+    classes give exactly 0.  ``expand=True`` computes ``|a|^2 + |b|^2 - 2 a.b`` by batched
+    products instead (measured: the pair differences were half of a step's forward), and
+    recomputes by differences every pair whose mean over directions (what `_sw_matrix` uses) is
+    within ``_GUARD`` of that of ``|a|^2 + |b|^2``: there the expansion would lose more than about
+    ``eps / _GUARD`` (1e-4 in float32) of the value to cancellation, and identical classes (a
+    flow that reached its target) still give exactly 0, hence a zero gradient through
+    ``sqrt``."""
 
     @staticmethod
     def forward(ctx, a, b, rows_per_block: int, weights=None, expand: bool = False):
         ctx.save_for_backward(a, b, weights)
         k1 = a.shape[0]
-        if expand:  # |a|^2 + |b|^2 - 2 a.b by batched products: for pairs that are never equal
+        if expand and k1:
             w = (1.0 / a.shape[-1]) if weights is None else weights
             sq_a, sq_b = (a * a * w).sum(-1), (b * b * w).sum(-1)  # (k1, L), (k2, L)
             cross = torch.bmm((a * w).permute(1, 0, 2), b.permute(1, 2, 0))  # (L, k1, k2)
-            return sq_a[:, None, :] + sq_b[None, :, :] - 2.0 * cross.permute(1, 2, 0)
+            total = sq_a[:, None, :] + sq_b[None, :, :]
+            out = total - 2.0 * cross.permute(1, 2, 0)
+            # (k1, k2): only the mean over directions is used, so its cancellation error counts
+            near = out.mean(-1) <= _GUARD * total.mean(-1)
+            if bool(near.any()):
+                i, j = near.nonzero(as_tuple=True)
+                chunk = max(1, rows_per_block * b.shape[0])
+                for s0 in range(0, i.numel(), chunk):
+                    ii, jj = i[s0:s0 + chunk], j[s0:s0 + chunk]
+                    d = a[ii] - b[jj]
+                    out[ii, jj] = (d * d).mean(-1) if weights is None else (d * d * weights).sum(-1)
+            return out
         blocks = []
         for i0 in range(0, k1, rows_per_block):
             d = a[i0:i0 + rows_per_block, None] - b[None]
@@ -252,7 +271,7 @@ def _exact_pairs(A: _SortedClasses, B: _SortedClasses, p: float, max_elements: i
     if same_grid:  # sort and pair: blocks of rows against all columns, by broadcasting
         rows = max(1, max_elements // max(1, k2 * L * n))
         if p == 2:
-            return _PairMeanSquare.apply(A.values, B.values, rows, None, A is B)
+            return _PairMeanSquare.apply(A.values, B.values, rows, None, True)
         return torch.cat([_mean_abs_pow(A.values[i0:i0 + rows, None], B.values[None], p)
                           for i0 in range(0, k1, rows)]) if k1 else out
     if A.uniform and B.uniform:  # unequal sizes, uniform weights: the merge is the same on every direction
@@ -262,7 +281,7 @@ def _exact_pairs(A: _SortedClasses, B: _SortedClasses, p: float, max_elements: i
         qa, qb, du = common
         rows = max(1, max_elements // max(1, k2 * L * du.numel()))
         if p == 2:
-            return _PairMeanSquare.apply(qa, qb, rows, du, A is B)
+            return _PairMeanSquare.apply(qa, qb, rows, du, True)
         return torch.cat([(((qa[i0:i0 + rows, None] - qb[None]).abs().pow(p)) * du).sum(-1)
                           for i0 in range(0, k1, rows)]) if k1 else out
     for chunk in _pair_chunks(k1, k2, L * 4 * (n + m), max_elements):  # merged breakpoints

@@ -191,3 +191,19 @@ def test_both_uniform_unequal_size_paths_match_pot(sizes1, sizes2, union):
     general = sliced_wasserstein_classes(x1, y1, x2, y2, directions=theta, weights1=torch.ones(len(y1), dtype=D64))
     (ref_grad,) = torch.autograd.grad(general.sum(), x1)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_expanded_pair_sums_keep_exact_zeros_and_small_values_accurate():
+    """The batched ``|a|^2 + |b|^2 - 2 a.b`` loses ~eps * |a|^2 to cancellation; pairs near
+    that level are recomputed by differences, so identical classes give exactly 0 and a class
+    shifted by 1e-3 keeps its tiny SW (float32 against a float64 reference)."""
+    from dsflow.ot.sliced import _PairMeanSquare
+
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(4, 30, 50, generator=g, dtype=D64) + 3.0  # large means: cancellation-prone
+    b = torch.cat([a[:2], a[2:3] + 1e-3, torch.randn(1, 30, 50, generator=g, dtype=D64)])
+    ref = _PairMeanSquare.apply(a, b, 4, None, False)  # differences, float64
+    ours = _PairMeanSquare.apply(a.float(), b.float(), 4, None, True)
+    assert bool((ours[0, 0] == 0).all()) and bool((ours[1, 1] == 0).all())  # exact, not ~1e-6
+    np.testing.assert_allclose(ours.double().numpy(), ref.numpy(), rtol=1e-4, atol=0)
+    assert float(ours[2, 2].min()) > 0  # 1e-6-sized values survive (expansion error here ~1e-6)
