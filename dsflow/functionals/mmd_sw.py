@@ -240,7 +240,7 @@ class MMDSW(Functional):
         """``m_i = w_c / n_c`` for particle ``i`` of class ``c``: its mass in ``P``."""
         import torch
 
-        classes, counts, idx = self._class_counts(y)
+        _, counts, idx = self._class_counts(y)
         w = _class_weights(counts.to(torch.float64), self.class_weights)
         return (w / counts.to(torch.float64))[idx]
 
@@ -249,8 +249,6 @@ class MMDSW(Functional):
         return 1
 
     def evaluate(self, state):
-        import torch
-
         from dsflow.ot.sliced import sliced_wasserstein_blocks
 
         x = state.x.reshape(state.n, -1)
