@@ -124,9 +124,9 @@ class MMDSW(Functional):
         if class_weights not in CLASS_WEIGHTS:
             raise ValueError(f"mmd_sw: functional.class_weights={class_weights!r}; choose one of {CLASS_WEIGHTS}")
         self.class_weights = class_weights
-        if target_batch is not None and int(target_batch) < 1:
-            raise ValueError(f"mmd_sw: functional.target_batch must be null or >= 1, got {target_batch}")
-        self.target_batch = None if target_batch is None else int(target_batch)
+        from dsflow.functionals.batches import check_batch
+
+        self.target_batch = check_batch(target_batch, "mmd_sw")
         if method not in METHODS:
             raise ValueError(f"mmd_sw: functional.method={method!r}; choose one of {METHODS}")
         self.method, self.n_quantiles = method, int(n_quantiles)
@@ -202,26 +202,18 @@ class MMDSW(Functional):
             sw_tt = sliced_wasserstein_classes(xt, yt, directions=self._directions(-1, xt.shape[1], device, dtype),
                                                **self._options())
             tt = float(v @ self._kernel(sw_tt) @ v)
-        members = [torch.nonzero(idx == c).flatten() for c in range(classes.numel())]
-        self._cache[key] = entry = {"x": xt, "y": yt, "v": v, "tt": tt, "members": members}
+        from dsflow.functionals.batches import class_members
+
+        self._cache[key] = entry = {"x": xt, "y": yt, "v": v, "tt": tt, "members": class_members(yt)}
         return entry
 
     def _target_batch(self, tc: dict, step: int):
         """The whole target, or ``target_batch`` particles per class drawn for this step."""
-        import torch
+        from dsflow.functionals.batches import per_class_rows
 
         if self.target_batch is None:
             return tc["x"], tc["y"]
-        gen = torch.Generator()
-        gen.manual_seed((self.seed * 1_000_003 + 7919 * (step + 1)) % 2**63)
-        picks = []
-        for members in tc["members"]:
-            if members.numel() <= self.target_batch:
-                picks.append(members)
-            else:
-                perm = torch.randperm(members.numel(), generator=gen)[: self.target_batch]
-                picks.append(members[perm.to(members.device)])
-        rows = torch.cat(picks)
+        rows = per_class_rows(tc["members"], self.target_batch, self.seed, step)
         return tc["x"][rows], tc["y"][rows]
 
     # ------------------------------------------------------------------ the functional

@@ -59,7 +59,9 @@ class OTDD(Functional):
     ``exact_inner_solver``, ``inner_entreg``; ``overrelax`` (Sinkhorn over-relaxation);
     ``cost_backend`` (``auto``/``tensorized``/``online``), ``chunk_size``, ``memory_budget_gb``:
     whether the outer costs are held in memory or rebuilt by row blocks (`dsflow.ot.online`,
-    for tens of thousands of particles).
+    for tens of thousands of particles).  ``target_batch`` (with ``seed``): particles per target
+    class drawn afresh at each step (`dsflow.functionals.batches`), e.g. distillation's real
+    minibatches; each new batch refits the target side and starts the solve cold.
     """
 
     name = "otdd"
@@ -88,8 +90,11 @@ class OTDD(Functional):
         cost_backend: str = "auto",
         chunk_size: int | None = None,
         memory_budget_gb: float | None = None,
+        target_batch: int | None = None,
+        seed: int = 0,
         target: Any = None,
     ):
+        from dsflow.functionals.batches import check_batch
         from dsflow.ot.problem import make_problem
 
         # one validation and one problem for otdd() and this functional (`dsflow.ot.problem`)
@@ -113,7 +118,15 @@ class OTDD(Functional):
         # dsflow: own solver (converges to `tol`, warm starts); geomloss: the reference solver
         # (fixed epsilon-scaling schedule, no warm start), for comparison with the paper's code
         self.solver = solver
+        #: particles per target class drawn afresh at each step (the distillation protocol's real
+        #: minibatches), or None for the whole target; the batch depends on (seed, step) only
+        self.target_batch, self.seed = check_batch(target_batch, "OTDD"), int(seed)
+        if self.target_batch == 1 and self.labels.checks_singletons and not self.allow_singletons:
+            raise ValueError("OTDD: functional.target_batch=1 gives classes of one sample, which the Gaussian label "
+                             "model cannot fit; use target_batch >= 2 or functional.allow_singletons=true")
         self.target = None
+        self._full_target = None
+        self._batch_step: int | None = None
         self._target_cache: dict = {}
         self._warm = None
         self._source_cache: tuple | None = None
@@ -142,7 +155,8 @@ class OTDD(Functional):
 
             if not isinstance(target, LabeledData):
                 raise TypeError(f"OTDD.bind: target must be a LabeledData, got {type(target).__name__}")
-            self.target = target
+            self.target = self._full_target = target
+            self._batch_step = None
             self._target_cache = {}
             self.reset()
         if target is not None and self._checks_singletons:
@@ -248,9 +262,24 @@ class OTDD(Functional):
         return out
 
     # ------------------------------------------------------------------ value
+    def _use_batch_of(self, step: int) -> None:
+        """With ``target_batch``: make the target of this call the batch of ``step`` (a new batch
+        drops the target caches and the warm start, whose potentials live on the old points)."""
+        if self.target_batch is None or self._batch_step == step or self._full_target is None:
+            return
+        from dsflow.functionals.batches import class_members, per_class_rows
+
+        full = self._full_target
+        rows = per_class_rows(class_members(full.y), self.target_batch, self.seed, step).to(full.y.device)
+        self.target = full.subset(rows)
+        self._batch_step = step
+        self._target_cache = {}
+        self.reset()
+
     def __call__(self, state):
         import time
 
+        self._use_batch_of(int(getattr(state, "step", 0)))
         t0 = time.perf_counter()
         x = state.x
         tc = self._target(x.device, x.dtype)

@@ -30,7 +30,8 @@ the real test split.  The hooks (`dsflow.tasks.base`):
 The flow itself is the config's: ``functional=mmd_sw`` (default of the experiments; its
 ``target_batch`` is the protocol's minibatch of real samples per class per step, and
 ``optimizer=momentum`` with ``optimizer.lr`` the paper's tau) or ``functional=otdd``
-(whole target each step; ``functional.allow_singletons=true`` for 1 image per class).
+(``functional.target_batch`` too, else the whole target each step;
+``functional.allow_singletons=true`` for 1 image per class).
 """
 
 from __future__ import annotations

@@ -143,9 +143,11 @@ def test_hydra_config_instantiates():
 
     import dsflow
 
-    cfg = OmegaConf.load(Path(dsflow.__file__).parent.parent / "configs" / "functional" / "otdd.yaml")
-    F = instantiate(cfg)
+    group = OmegaConf.load(Path(dsflow.__file__).parent.parent / "configs" / "functional" / "otdd.yaml")
+    cfg = OmegaConf.create({"seed": 7, "functional": group})  # where Hydra puts the group: its seed is the run's
+    F = instantiate(cfg.functional)
     assert isinstance(F, OTDD) and F.inner == "gaussian" and F.entreg == 0.1
+    assert F.seed == 7 and F.target_batch is None
 
 
 # ----------------------------------------------------------------------------- bug fixes
@@ -287,3 +289,31 @@ def test_resume_of_a_weighted_sum_with_otdd_is_exact(tmp_path):
     assert res.resumed_from == 4
     assert torch.equal(st.x.detach(), st_ref.x.detach())
     assert [h["objective"] for h in res.history] == [h["objective"] for h in ref.history]
+
+
+def test_target_batches_are_drawn_per_step_and_give_the_otdd_to_that_batch():
+    """target_batch=b: at step t the functional is the OTDD to b target samples per class drawn
+    for (seed, t): equal to an OTDD bound to that very batch, and another batch at another step."""
+    from dsflow.functionals.batches import class_members, per_class_rows
+
+    g = torch.Generator().manual_seed(5)
+    src = LabeledData(x=torch.randn(24, 3, generator=g, dtype=torch.float64), y=torch.arange(24) % 3)
+    tgt = LabeledData(x=torch.randn(60, 3, generator=g, dtype=torch.float64) + 1, y=torch.arange(60) % 3)
+    f = OTDD(entreg=0.5, tol=1e-6, target_batch=6, seed=3).bind(target=tgt)
+    values = []
+    for step in (0, 1):
+        rows = per_class_rows(class_members(tgt.y), 6, 3, step)
+        ref = OTDD(entreg=0.5, tol=1e-6).bind(target=tgt.subset(rows))
+        state = ParticleState(x=src.x.clone(), y=src.y, step=step)
+        values.append(float(f(state)))
+        assert values[-1] == pytest.approx(float(ref(state)), rel=1e-9)
+        assert f.target.n == 18 and torch.bincount(f.target.y).tolist() == [6, 6, 6]
+    assert values[0] != values[1]  # another step, another batch
+    big = OTDD(entreg=0.5, tol=1e-6, target_batch=100).bind(target=tgt)  # >= every class: the whole target
+    whole = OTDD(entreg=0.5, tol=1e-6).bind(target=tgt)
+    state = ParticleState(x=src.x.clone(), y=src.y, step=4)
+    assert float(big(state)) == pytest.approx(float(whole(state)), rel=1e-9)
+    with pytest.raises(ValueError, match="target_batch"):
+        OTDD(target_batch=0)
+    with pytest.raises(ValueError, match="target_batch=1"):
+        OTDD(target_batch=1)  # Gaussian label model: classes of one sample
