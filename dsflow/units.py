@@ -70,9 +70,10 @@ def lr_from_time_step(time_step: Any, n: int, optimizer_name: str, momentum: flo
     ``velocity_factor * grad_i``, so one step advances the flow by ``lr / velocity_factor``:
     ``lr = time_step * velocity_factor``.  The functional declares the factor
     (`dsflow.functionals.base.Functional.velocity_factor`); ``None`` means a particle
-    average over the ``n`` particles (every dsflow functional today, double averages for
-    interactions): the factor is ``n``.  A factor that differs between particles (one per
-    particle, e.g. masses within classes) cannot be one ``lr``: refused.  Adam normalises the
+    average over the ``n`` particles (OTDD, potentials, double averages for interactions): the
+    factor is ``n``; a class-mass functional (``mmd_sw``) has its gradients divided by the
+    particles' masses in the engine and declares 1.  A factor that differs between particles
+    cannot be one ``lr``: refused.  Adam normalises the
     gradient away, so a time step means nothing to it: refused; so is SGD with momentum,
     whose steady step is ``lr / (1 - momentum)`` (10x the time step at 0.9), not ``lr``.
     """

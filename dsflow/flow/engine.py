@@ -233,6 +233,16 @@ class _FlowStep:
         self.clip, self.noise, self.box, self.guard = clip, noise, box, guard
         self.backup = _StateBackup(state)
         self.n_classes = state.num_classes
+        self.masses = self._masses()
+
+    def _masses(self):
+        """The gradient divisors of a class-mass objective, shaped to divide ``x.grad`` (``None``
+        for a particle average); computed once, and again when the labels change."""
+        masses = self.objective.particle_masses(self.state.y)
+        if masses is None:
+            return None
+        x = self.state.x
+        return masses.to(device=x.device, dtype=x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
 
     def __call__(self, step: int):
         import torch
@@ -252,11 +262,9 @@ class _FlowStep:
                 raise
             raise guard.linalg(step, err, "a linear-algebra routine failed on the particles") from err
         guard.check_value(step, fvalue, parts)
-        masses = objective.particle_masses(state.y)
-        if masses is not None and state.x.grad is not None:
+        if self.masses is not None and state.x.grad is not None:
             # class-mass functionals (WoW): the velocity of particle i is grad_i / m_i
-            state.x.grad.div_(masses.to(device=state.x.device, dtype=state.x.dtype).reshape(
-                (-1,) + (1,) * (state.x.ndim - 1)))
+            state.x.grad.div_(self.masses)
         gnorm = _grad_norm(params)
         guard.check_gradient(step, gnorm, fvalue, params)
         if self.clip is not None:
@@ -273,6 +281,7 @@ class _FlowStep:
         if changed:
             objective.reset()
             self.n_classes = state.num_classes
+            self.masses = self._masses()
         if self.scheduler is not None:
             self.scheduler.step()
         state.step = step + 1

@@ -2,8 +2,8 @@
 
 A functional is a callable on a `ParticleState` returning a 0-d tensor whose autograd
 gradient with respect to the moving tensors is the particle velocity field (up to sign)
-times a factor the functional declares (its *time scaling*).  Every functional of dsflow
-today is a particle average: for an empirical measure with uniform weights,
+times a factor the functional declares (its *time scaling*).  Most functionals of dsflow
+(OTDD, potentials, interactions) are particle averages: for an empirical measure with uniform weights,
 ``grad_{x_i} F(rho_N) = (1/n) grad delta F/delta rho (x_i)``, i.e. each particle has mass
 ``1/n`` and its velocity is ``n`` times its gradient (``time_scaling = "particle_average"``,
 ``velocity_factor(y) = n``).  The app turns a flow time step into ``optimizer.lr`` by asking

@@ -120,6 +120,11 @@ def _pair_chunks(k1: int, k2: int, per_pair: int, max_elements: int):
 _GUARD = 1e-3
 
 
+def _square_mean(d: torch.Tensor, weights=None) -> torch.Tensor:
+    """``sum_n w_n d_n^2`` over the last axis (``w = 1/n`` when ``weights`` is None)."""
+    return (d * d).mean(-1) if weights is None else (d * d * weights).sum(-1)
+
+
 class _PairMeanSquare(torch.autograd.Function):
     """``out[i, j, l] = sum_n w_n (a[i, l, n] - b[j, l, n])^2`` for all pairs (``w = 1/n``: the
     mean), with a hand-written backward: ``d out / d a_i = 2 w (a_i sum_j g_ij - sum_j g_ij b_j)``,
@@ -151,13 +156,11 @@ class _PairMeanSquare(torch.autograd.Function):
                 chunk = max(1, rows_per_block * b.shape[0])
                 for s0 in range(0, i.numel(), chunk):
                     ii, jj = i[s0:s0 + chunk], j[s0:s0 + chunk]
-                    d = a[ii] - b[jj]
-                    out[ii, jj] = (d * d).mean(-1) if weights is None else (d * d * weights).sum(-1)
+                    out[ii, jj] = _square_mean(a[ii] - b[jj], weights)
             return out
         blocks = []
         for i0 in range(0, k1, rows_per_block):
-            d = a[i0:i0 + rows_per_block, None] - b[None]
-            blocks.append((d * d).mean(-1) if weights is None else (d * d * weights).sum(-1))
+            blocks.append(_square_mean(a[i0:i0 + rows_per_block, None] - b[None], weights))
         return torch.cat(blocks) if blocks else a.new_zeros(0, b.shape[0], a.shape[1])
 
     @staticmethod
